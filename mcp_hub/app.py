@@ -1,0 +1,154 @@
+"""The HTTP API: one route table, thin handlers over the `Hub`, errors in the OpenAI shape."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from . import __version__
+from .errors import HubError, RequestError, ServerError, TooLarge
+from .hub import Hub, parse_credentials
+from .registry import Entry, Registry
+from .settings import Settings
+from .views import entry_detail, entry_summary, tool_view
+
+log = logging.getLogger("mcp_hub")
+MAX_BODY = 4 * 1024 * 1024
+
+
+class ToolCallBody(BaseModel):
+    """`POST /v1/tools/call`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server: str | dict[str, Any]
+    tool: str = Field(min_length=1, max_length=256)
+    arguments: dict[str, Any] | None = None
+    credentials: Any = None
+
+
+def _hub(request: Request) -> Hub:
+    return request.state.hub
+
+
+async def _json_body(request: Request) -> Any:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise TooLarge(f"request body exceeds {MAX_BODY} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise TooLarge(f"request body exceeds {MAX_BODY} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError("request body is not valid JSON", code="invalid_json") from None
+
+
+def _validate(model: type[BaseModel], data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise RequestError("request body must be a JSON object", code="invalid_request")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise RequestError(f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok", "version": __version__, **_hub(request).status()})
+
+
+async def list_servers(request: Request) -> JSONResponse:
+    hub = _hub(request)
+    entries = hub.registry.entries()
+    tag = request.query_params.get("tag")
+    if tag:
+        entries = [entry for entry in entries if tag in entry.tags]
+    return JSONResponse({"object": "list", "data": [entry_summary(entry) for entry in entries]})
+
+
+async def get_server(request: Request) -> JSONResponse:
+    hub = _hub(request)
+    entry: Entry = hub.entry(f"{request.path_params['org']}/{request.path_params['name']}")
+    version = request.query_params.get("version")
+    detail = entry_detail(entry)
+    key = entry.match(version)
+    if key is None:
+        raise RequestError(f"{entry.slug} has no version matching {version!r}", code="version_not_found", param="version")
+    live: dict[str, Any] = {"version": key}
+    servers = hub.open_servers({"slug": entry.slug, "version": key})
+    tools = await hub.list_tools(servers)
+    if entry.slug in tools:
+        live["tools"] = [tool_view(tool) for tool in tools[entry.slug]]
+    else:
+        error = servers.errors.get(entry.slug)
+        live["error"] = error.to_entry() if error else None
+    detail["live"] = live
+    return JSONResponse(detail)
+
+
+async def call_tool(request: Request) -> JSONResponse:
+    hub = _hub(request)
+    body: ToolCallBody = _validate(ToolCallBody, await _json_body(request))
+    credentials = parse_credentials(body.credentials)
+    result, servers = await hub.call_tool(body.server, body.tool, body.arguments, credentials)
+    if servers.errors and not servers.sessions:
+        raise next(iter(servers.errors.values()))
+    record = result.model_dump(exclude={"call_id"})
+    if servers.errors:
+        record["mcp_server_errors"] = servers.error_entries()
+    return JSONResponse(record)
+
+
+async def _error_response(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, ServerError):
+        body = exc.to_body()
+        body["error"]["message"] = body["message"] = f"{exc.message}. {exc.recommendation}"
+        body["recommendation"] = exc.recommendation
+        return JSONResponse(body, status_code=exc.status)
+    if isinstance(exc, HubError):
+        return JSONResponse(exc.to_body(), status_code=exc.status)
+    if isinstance(exc, HTTPException):
+        codes = {404: ("not_found", "invalid_request_error"), 405: ("method_not_allowed", "invalid_request_error")}
+        code, kind = codes.get(exc.status_code, ("http_error", "invalid_request_error"))
+        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+        error = {"message": message, "type": kind, "param": None, "code": code}
+        return JSONResponse({"error": error, **error}, status_code=exc.status_code)
+    log.error("unhandled error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    error = {"message": "internal error", "type": "server_error", "param": None, "code": "internal_error"}
+    return JSONResponse({"error": error, **error}, status_code=500)
+
+
+ROUTES = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/v1/servers", list_servers, methods=["GET"]),
+    Route("/v1/servers/{org}/{name}", get_server, methods=["GET"]),
+    Route("/v1/tools/call", call_tool, methods=["POST"]),
+]
+
+
+def create_app(settings: Settings, registry: Registry | None = None) -> Starlette:
+    """The ASGI app; the hub's resources live exactly as long as its lifespan."""
+    hub = Hub(settings, registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        async with hub:
+            yield {"hub": hub}
+
+    return Starlette(routes=ROUTES, lifespan=lifespan,
+                     exception_handlers={HubError: _error_response, HTTPException: _error_response,
+                                         Exception: _error_response})

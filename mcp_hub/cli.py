@@ -1,0 +1,187 @@
+"""The `mcp-hub` command line: serve the API, or list and call servers from a terminal.
+
+The CLI maps flags to `Settings` and drives the same `Hub` the HTTP API uses; the
+terminal commands start the hub in-process, so no running service is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from . import __version__
+from .credentials import Credential
+from .errors import HubError, ServerError
+from .hub import Hub
+from .settings import Settings
+from .views import entry_summary, tool_view
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", type=Path, help="registry file (default: registry.yaml here)")
+    parser.add_argument("--data-dir", type=Path, help="where the hub writes (default: .mcp-hub)")
+    parser.add_argument("--config", type=Path, help="settings file (YAML or TOML)")
+    parser.add_argument("--log-level", help="critical, error, warning, info or debug")
+
+
+def _creds(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cred", action="append", default=[], metavar="CONNECTION:FIELD=VALUE",
+                        help="a credential value, e.g. notes:token=abc (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcp-hub", description="Host and route MCP servers.")
+    parser.add_argument("--version", action="version", version=f"mcp-hub {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    _common(serve)
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--prewarm", action="store_true", default=None, help="start hosted servers at start-up")
+
+    servers = commands.add_parser("servers", help="list the registry")
+    _common(servers)
+    servers.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    tools = commands.add_parser("tools", help="list a server's live tools")
+    _common(tools)
+    tools.add_argument("slug", help="org/name, org/name@version or a URL")
+    _creds(tools)
+
+    call = commands.add_parser("call", help="call one tool")
+    _common(call)
+    call.add_argument("slug", help="org/name, org/name@version or a URL")
+    call.add_argument("tool")
+    call.add_argument("--args", default="{}", help="arguments as a JSON object")
+    _creds(call)
+    return parser
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    return Settings.load(args.config, registry=args.registry, data_dir=args.data_dir, log_level=args.log_level, **extra)
+
+
+def parse_cred_flags(values: Sequence[str]) -> list[Credential]:
+    """`conn:field=value` flags grouped into one credential per connection."""
+    grouped: dict[str, dict[str, str]] = {}
+    for value in values:
+        connection, sep, rest = value.partition(":")
+        field, eq, secret = rest.partition("=")
+        if not (sep and eq and connection and field):
+            raise HubError(f"--cred must look like CONNECTION:FIELD=VALUE (got a value for {connection or '?'!r})",
+                           code="invalid_cred")
+        grouped.setdefault(connection, {})[field] = secret
+    return [Credential(connection_name=name, values=fields) for name, fields in grouped.items()]  # type: ignore[arg-type]
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    """A plain aligned table."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in [headers, ["-" * w for w in widths], *rows]]
+    return "\n".join(lines)
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    return textwrap.shorten(" ".join((text or "").split()), width=width, placeholder="…")
+
+
+def cmd_servers(args: argparse.Namespace) -> int:
+    hub = Hub(_settings(args))
+    summaries = [entry_summary(entry) for entry in hub.registry.entries()]
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+        return 0
+    rows = [[s["slug"], s["latest"], s["kind"], ",".join(s["connections"]) or "-", _short(s["description"], 50)]
+            for s in summaries]
+    print(table(rows, ["SLUG", "LATEST", "KIND", "CONNECTIONS", "DESCRIPTION"]))
+    return 0
+
+
+async def _tools(args: argparse.Namespace) -> int:
+    async with Hub(_settings(args)) as hub:
+        servers = hub.open_servers(args.slug, parse_cred_flags(args.cred))
+        tools = await hub.list_tools(servers)
+        if servers.errors:
+            for name, error in servers.errors.items():
+                print(f"error: {name}: {error.message} ({error.code}). {error.recommendation}", file=sys.stderr)
+            return 1
+        listed = [tool_view(tool) for tools_of in tools.values() for tool in tools_of]
+        if args.json:
+            print(json.dumps(listed, indent=2))
+            return 0
+        rows = [[t["name"], ", ".join(t.get("inputSchema", {}).get("properties", {})) or "-", _short(t.get("description"))]
+                for t in listed]
+        print(table(rows, ["TOOL", "ARGUMENTS", "DESCRIPTION"]))
+    return 0
+
+
+async def _call(args: argparse.Namespace) -> int:
+    try:
+        arguments = json.loads(args.args)
+    except ValueError:
+        raise HubError("--args is not valid JSON", code="invalid_json") from None
+    if not isinstance(arguments, dict):
+        raise HubError("--args must be a JSON object", code="invalid_json")
+    async with Hub(_settings(args)) as hub:
+        result, servers = await hub.call_tool(args.slug, args.tool, arguments, parse_cred_flags(args.cred))
+    for name, error in servers.errors.items():
+        print(f"error: {name}: {error.message} ({error.code}). {error.recommendation}", file=sys.stderr)
+    if servers.errors and not servers.sessions:
+        return 1
+    if args.json:
+        print(json.dumps(result.model_dump(exclude={"call_id"}), indent=2))
+    else:
+        print(_render_text(result.result))
+        print(f"-- {result.server_name} {result.tool_name}: {'ERROR' if result.is_error else 'ok'} in {result.duration_ms} ms",
+              file=sys.stderr)
+    return 1 if result.is_error else 0
+
+
+def _render_text(result: Any) -> str:
+    """Text blocks as text; everything else as indented JSON."""
+    if isinstance(result, list) and result and all(isinstance(b, dict) and b.get("type") == "text" for b in result):
+        return "\n".join(block["text"] for block in result)
+    return json.dumps(result, indent=2)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    settings = _settings(args, host=args.host, port=args.port, prewarm=args.prewarm)
+    app = create_app(settings)
+    print(f"mcp-hub {__version__}: {settings.registry} on http://{settings.host}:{settings.port}", file=sys.stderr)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "servers":
+            return cmd_servers(args)
+        return anyio.run(_tools if args.command == "tools" else _call, args)
+    except ServerError as exc:
+        print(f"error: {exc.message} ({exc.code}). {exc.recommendation}", file=sys.stderr)
+    except HubError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

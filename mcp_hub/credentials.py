@@ -1,0 +1,83 @@
+"""Credentials: secret values bound to a server's declared connections.
+
+A credential names a connection; it reaches a server only when that server's
+registry entry declares the connection (or the SDK convention `org-name` for
+server `org/name`). Values are `SecretStr`, which prints as `**********`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
+
+from .errors import CredentialError
+from .registry import Connection, Entry
+
+
+class Credential(BaseModel):
+    """`{connection_name, values}` as a request sends it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connection_name: str
+    values: dict[str, SecretStr]
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _stringify(cls, value: object) -> object:
+        if isinstance(value, Mapping):
+            return {str(k): v if isinstance(v, (str, SecretStr)) else str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return value
+
+
+@dataclass(frozen=True)
+class Binding:
+    """The credentials bound to one server, rendered for delivery."""
+
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    fingerprint: str = ""
+
+    def secrets(self) -> list[str]:
+        """Every secret value this binding delivers (for scrubbing)."""
+        return [v for v in [*self.env.values(), *self.headers.values()] if v]
+
+
+def _render(template: str, values: Mapping[str, SecretStr]) -> str:
+    return re.sub(r"{(\w+)}", lambda m: values[m.group(1)].get_secret_value(), template)
+
+
+def bind(entry: Entry | None, server_name: str, credentials: Iterable[Credential]) -> Binding:
+    """Bind the matching credentials to one server; raise CredentialError when a required one is missing."""
+    by_name = {cred.connection_name: cred for cred in credentials}
+    env: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    digest = hashlib.sha256()
+    if entry is None:
+        return Binding()
+    sdk_name = entry.slug.replace("/", "-")
+    for name, connection in sorted(entry.connections.items()):
+        cred = by_name.get(name) or (by_name.get(sdk_name) if len(entry.connections) == 1 else None)
+        if cred is None or not _complete(connection, cred):
+            if connection.required:
+                example = json.dumps({"connection_name": name, "values": {f: "..." for f in connection.fields}})
+                raise CredentialError(
+                    f"server {server_name!r} needs the credential connection {name!r} (fields: {', '.join(connection.fields)})",
+                    server=server_name,
+                    recommendation=f"Send credentials {example}.",
+                )
+            continue
+        env |= {key: _render(tpl, cred.values) for key, tpl in connection.env.items()}
+        headers |= {key: _render(tpl, cred.values) for key, tpl in connection.headers.items()}
+        for key in sorted(cred.values):
+            digest.update(f"{name}\0{key}\0{cred.values[key].get_secret_value()}\0".encode())
+    return Binding(env=env, headers=headers, fingerprint=digest.hexdigest()[:32] if env or headers else "")
+
+
+def _complete(connection: Connection, cred: Credential) -> bool:
+    return all(name in cred.values for name in connection.fields)

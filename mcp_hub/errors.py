@@ -1,0 +1,136 @@
+"""The one exception tree of mcp-hub.
+
+::
+
+    HubError                       base; carries an HTTP status and an error `code`
+    ├── ConfigError                bad settings or registry file (start-up only)
+    ├── RequestError (400)         the caller's input is malformed
+    │   ├── NotFound (404)         a route object (server, record) does not exist
+    │   └── TooLarge (413)         the request body is over the limit
+    └── ServerError                one MCP server cannot serve; becomes an
+        │                          `mcp_server_errors` entry, never an HTTP 5xx
+        ├── ResolutionError        the spec names nothing we can reach
+        │                          (server_not_found, version_not_found, invalid_spec)
+        ├── CredentialError        missing_credentials
+        ├── ConnectError           connect_failed (spawn, handshake, network)
+        ├── CapacityError          capacity (child/session caps reached)
+        └── SessionLost            the live session died under a call
+
+Every exception carries context (server name, connection name) and a
+recommendation for the caller. None of them ever carries a secret: messages are
+built from names, not values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HubError(Exception):
+    """Base of every error mcp-hub raises on purpose."""
+
+    status: int = 500
+    code: str = "internal_error"
+    type: str = "server_error"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.param = param
+
+    def to_body(self) -> dict[str, Any]:
+        """The OpenAI error shape, duplicated at the top level for the Dedalus SDK."""
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return {"error": error, **error}
+
+
+class ConfigError(HubError):
+    """Invalid settings or registry; raised at start-up with the entry and field named."""
+
+    code = "invalid_config"
+
+
+class RequestError(HubError):
+    """Malformed caller input (HTTP 400)."""
+
+    status = 400
+    code = "invalid_request"
+    type = "invalid_request_error"
+
+
+class NotFound(RequestError):
+    """A named object does not exist (HTTP 404)."""
+
+    status = 404
+    code = "not_found"
+
+
+class TooLarge(RequestError):
+    """The request body exceeds the configured limit (HTTP 413)."""
+
+    status = 413
+    code = "body_too_large"
+
+
+class ServerError(HubError):
+    """One MCP server cannot serve this request.
+
+    Reported per server in `mcp_server_errors` (`{message, code, recommendation}`);
+    the request itself still succeeds with the servers that work.
+    """
+
+    status = 502
+    code = "server_error"
+    recommendation = "Retry later, or remove this server from the request."
+
+    def __init__(self, message: str, *, server: str, code: str | None = None, recommendation: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.server = server
+        if recommendation is not None:
+            self.recommendation = recommendation
+
+    def to_entry(self) -> dict[str, str]:
+        """The `mcp_server_errors[server_name]` value."""
+        return {"message": self.message, "code": self.code, "recommendation": self.recommendation}
+
+
+class ResolutionError(ServerError):
+    """The spec names no reachable server (server_not_found, version_not_found, invalid_spec)."""
+
+    code = "server_not_found"
+
+    @property
+    def status(self) -> int:  # type: ignore[override]
+        return 400 if self.code == "invalid_spec" else 404
+
+
+class CredentialError(ServerError):
+    """A connection the server requires has no credential."""
+
+    status = 400
+    code = "missing_credentials"
+
+
+class ConnectError(ServerError):
+    """Spawning, handshaking with or reaching the server failed."""
+
+    code = "connect_failed"
+    recommendation = "The server could not be started or reached; retry later or check the hub's server logs."
+
+
+class CapacityError(ServerError):
+    """The hub's caps on live sessions or child processes are reached."""
+
+    status = 503
+    code = "capacity"
+    recommendation = "The hub is at its session limit; retry shortly."
+
+
+class SessionLost(ServerError):
+    """The live session died while a call was in flight (child crashed, HTTP session expired)."""
+
+    code = "session_lost"
+    delivered = True  # whether the call may have reached the server (then retrying is unsafe)
+    recommendation = "The server restarted during the call; the call was not retried because it may have side effects."

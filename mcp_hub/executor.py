@@ -1,0 +1,153 @@
+"""The executor: runs batches of MCP tool calls and reports them in PROTOCOL.md's shapes.
+
+A tool failure is data (`is_error: true` in the result), never an exception; a
+server that cannot be reached becomes an `mcp_server_errors` entry and every call
+routed to it an error result. Calls run concurrently (bounded per session by its
+limiter) with a per-call timeout; a call whose session died is retried once on a
+fresh session when that is safe: the call never reached the server, or the tool
+declares itself read-only or idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import mcp.types as types
+from mcp import MCPError
+from pydantic import BaseModel
+
+from .errors import ServerError, SessionLost
+from .sessions import CallTimeout, ManagedSession
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call to run: `server` is the instance name of a resolved server."""
+
+    server: str
+    tool: str
+    arguments: dict[str, Any] | str | None = None
+    id: str = ""
+
+
+class ToolResult(BaseModel):
+    """One `mcp_tool_results` item (plus the call id and an error code for hub-side failures)."""
+
+    call_id: str = ""
+    server_name: str
+    tool_name: str
+    arguments: dict[str, Any]
+    result: Any
+    is_error: bool
+    duration_ms: int
+    error_code: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The PROTOCOL.md shape."""
+        return self.model_dump(include={"server_name", "tool_name", "arguments", "result", "is_error", "duration_ms"})
+
+
+@dataclass
+class Batch:
+    """What a batch produced: results in call order and the servers that failed."""
+
+    results: list[ToolResult] = field(default_factory=list)
+    server_errors: dict[str, ServerError] = field(default_factory=dict)
+
+
+def render_result(result: types.CallToolResult) -> Any:
+    """`structuredContent` when present, else the content blocks as JSON."""
+    if result.structured_content is not None:
+        return result.structured_content
+    return [block.model_dump(mode="json", by_alias=True, exclude_none=True) for block in result.content]
+
+
+def _safe_to_retry(tool: types.Tool | None) -> bool:
+    hints = tool.annotations if tool else None
+    return bool(hints and (hints.read_only_hint or hints.idempotent_hint))
+
+
+def _parse_arguments(arguments: dict[str, Any] | str | None) -> dict[str, Any]:
+    if arguments is None or arguments == "":
+        return {}
+    if isinstance(arguments, str):
+        parsed = json.loads(arguments)
+        if not isinstance(parsed, dict):
+            raise ValueError("tool arguments must be a JSON object")
+        return parsed
+    return arguments
+
+
+class Executor:
+    """Runs tool calls against sessions; owns no resources of its own."""
+
+    def __init__(self, default_timeout: float) -> None:
+        self.default_timeout = default_timeout
+
+    async def run(self, calls: Sequence[ToolCall], sessions: dict[str, ManagedSession], *,
+                  parallel: bool = True) -> Batch:
+        """Run `calls`; each call's server must be a key of `sessions` (else it is an error result)."""
+        batch = Batch(results=[None] * len(calls))  # type: ignore[list-item]
+
+        async def one(index: int, call: ToolCall) -> None:
+            batch.results[index] = await self.call(call, sessions.get(call.server), batch.server_errors)
+
+        if parallel and len(calls) > 1:
+            async with anyio.create_task_group() as tg:
+                for index, call in enumerate(calls):
+                    tg.start_soon(one, index, call)
+        else:
+            for index, call in enumerate(calls):
+                await one(index, call)
+        return batch
+
+    async def call(self, call: ToolCall, session: ManagedSession | None,
+                   server_errors: dict[str, ServerError] | None = None) -> ToolResult:
+        """Run one call; never raises for tool, timeout or server failures."""
+        started = time.perf_counter()
+
+        def done(result: Any, *, is_error: bool, code: str | None = None, arguments: dict[str, Any] | None = None) -> ToolResult:
+            return ToolResult(call_id=call.id, server_name=call.server, tool_name=call.tool,
+                              arguments=arguments if arguments is not None else {}, result=result, is_error=is_error,
+                              duration_ms=round((time.perf_counter() - started) * 1000), error_code=code)
+
+        try:
+            arguments = _parse_arguments(call.arguments)
+        except ValueError as exc:
+            return done({"error": {"code": "invalid_arguments", "message": f"arguments are not a JSON object: {exc}"}},
+                        is_error=True, code="invalid_arguments")
+        if session is None:
+            return done({"error": {"code": "server_unavailable", "message": f"server {call.server!r} is not available"}},
+                        is_error=True, code="server_unavailable", arguments=arguments)
+        timeout = session.target.limits.call_timeout or self.default_timeout
+        for attempt in (1, 2):
+            try:
+                result = await session.call_tool(call.tool, arguments, timeout)
+            except CallTimeout as exc:
+                return done({"error": {"code": "timeout", "message": str(exc)}}, is_error=True, code="timeout",
+                            arguments=arguments)
+            except SessionLost as exc:
+                tool = next((t for t in session.cached_tools() or [] if t.name == call.tool), None)
+                if attempt == 1 and (not exc.delivered or _safe_to_retry(tool)):
+                    continue
+                return done({"error": {"code": exc.code, "message": exc.message}}, is_error=True, code=exc.code,
+                            arguments=arguments)
+            except ServerError as exc:
+                if server_errors is not None:
+                    server_errors.setdefault(exc.server, exc)
+                return done({"error": {"code": exc.code, "message": exc.message}}, is_error=True, code=exc.code,
+                            arguments=arguments)
+            except MCPError as exc:
+                return done({"error": {"code": "protocol_error", "message": f"MCP error {exc.code}: {exc.message}"}},
+                            is_error=True, code="protocol_error", arguments=arguments)
+            except ValueError:  # pydantic: the server's answer is not a CallToolResult
+                return done({"error": {"code": "protocol_error", "message": "the server sent a malformed tool result"}},
+                            is_error=True, code="protocol_error", arguments=arguments)
+            return done(render_result(result), is_error=result.is_error, arguments=arguments)
+        raise AssertionError("unreachable")  # pragma: no cover
+

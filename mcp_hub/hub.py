@@ -1,0 +1,169 @@
+"""The `Hub`: the one owner of the service's long-lived resources.
+
+It holds the settings, the registry, the pooled HTTP transport, the session pool
+and the executor; the app lifespan (or a CLI command) enters it and exits it.
+Handlers call its methods and never touch the resources directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import anyio
+import httpx2
+import mcp.types as types
+from pydantic import TypeAdapter, ValidationError
+
+from .credentials import Credential, bind
+from .errors import NotFound, RequestError, ServerError
+from .executor import Batch, Executor, ToolCall, ToolResult
+from .pool import SessionPool
+from .registry import Entry, Registry
+from .resolution import resolve
+from .sessions import ManagedSession
+from .settings import Settings
+from .transports import Opener
+
+_credentials_adapter = TypeAdapter(Credential | list[Credential])
+
+
+def parse_credentials(value: Any, param: str = "credentials") -> list[Credential]:
+    """Request `credentials`: one `{connection_name, values}` object or a list of them."""
+    if value is None:
+        return []
+    try:
+        parsed = _credentials_adapter.validate_python(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"] if part not in ("Credential", "list[Credential]"))
+        raise RequestError(f"invalid credentials at {where or 'top level'}: {first['msg']}", param=param) from None
+    return parsed if isinstance(parsed, list) else [parsed]
+
+
+@dataclass
+class Servers:
+    """The servers of one request: live sessions by instance name, and those that failed."""
+
+    sessions: dict[str, ManagedSession] = field(default_factory=dict)
+    errors: dict[str, ServerError] = field(default_factory=dict)
+
+    def error_entries(self) -> dict[str, dict[str, str]]:
+        return {name: error.to_entry() for name, error in self.errors.items()}
+
+
+class Hub:
+    """The service object behind the HTTP API and the CLI."""
+
+    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else Registry.from_file(settings.registry)
+        self.executor = Executor(settings.call_timeout)
+        self._http: httpx2.AsyncHTTPTransport | None = None
+        self._pool: SessionPool | None = None
+
+    @property
+    def pool(self) -> SessionPool:
+        if self._pool is None:
+            raise RuntimeError("the hub is not running")
+        return self._pool
+
+    async def __aenter__(self) -> Hub:
+        data_dir = self.settings.data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._http = httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50))
+        opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root, http=self._http,
+                        http_timeout=self.settings.connect_timeout)
+        self._pool = SessionPool(self.settings, opener)
+        await self._pool.__aenter__()
+        if self.settings.prewarm:
+            for entry in self.registry.entries():
+                if entry.versions[entry.latest].hosted and not any(c.required for c in entry.connections.values()):
+                    self.open_servers(entry.slug)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        try:
+            if self._pool is not None:
+                await self._pool.__aexit__(exc_type, exc, tb)
+        finally:
+            self._pool = None
+            if self._http is not None:
+                await self._http.aclose()
+                self._http = None
+
+    # -- resolution -------------------------------------------------------------------------
+
+    def open_servers(self, mcp_servers: Any, credentials: Sequence[Credential] = (), *, tenant: str = "default") -> Servers:
+        """Resolve `mcp_servers`, bind credentials, and get (or start) a session for each."""
+        targets, errors = resolve(mcp_servers, self.registry)
+        servers = Servers(errors=dict(errors))
+        for target in targets:
+            try:
+                binding = bind(target.entry, target.name, credentials)
+            except ServerError as exc:
+                servers.errors[target.name] = exc
+                continue
+            try:
+                servers.sessions[target.name] = self.pool.get(target, binding, tenant)
+            except ServerError as exc:
+                servers.errors[target.name] = exc
+        return servers
+
+    async def list_tools(self, servers: Servers) -> dict[str, list[types.Tool]]:
+        """Tools of every live server, concurrently; servers that fail move to `servers.errors`."""
+        tools: dict[str, list[types.Tool]] = {}
+
+        async def one(name: str, session: ManagedSession) -> None:
+            try:
+                tools[name] = await session.list_tools()
+            except ServerError as exc:
+                servers.errors[name] = exc
+            except TimeoutError:
+                servers.errors[name] = ServerError(f"server {name!r} did not become ready in time", server=name,
+                                                   code="timeout")
+
+        async with anyio.create_task_group() as tg:
+            for name, session in servers.sessions.items():
+                tg.start_soon(one, name, session)
+        for name in servers.errors:
+            servers.sessions.pop(name, None)
+        return {name: tools[name] for name in servers.sessions if name in tools}
+
+    async def execute(self, calls: Sequence[ToolCall], servers: Servers, *, parallel: bool = True) -> Batch:
+        batch = await self.executor.run(calls, servers.sessions, parallel=parallel)
+        for name, error in batch.server_errors.items():
+            servers.errors.setdefault(name, error)
+        return batch
+
+    # -- one-shot operations (API and CLI) ----------------------------------------------------
+
+    async def call_tool(self, server: Any, tool: str, arguments: dict[str, Any] | None,
+                        credentials: Sequence[Credential] = (), *, tenant: str = "default") -> tuple[ToolResult, Servers]:
+        """Resolve one server and run one tool on it."""
+        servers = self.open_servers(server, credentials, tenant=tenant)
+        if isinstance(server, list) and len(server) != 1:
+            raise RequestError("`server` names exactly one server", param="server")
+        name = next(iter(servers.sessions), None) or next(iter(servers.errors), str(server))
+        result = await self.executor.call(ToolCall(server=name, tool=tool, arguments=arguments),
+                                          servers.sessions.get(name), servers.errors)
+        return result, servers
+
+    def entry(self, slug: str) -> Entry:
+        entry = self.registry.get(slug)
+        if entry is None:
+            close = self.registry.suggest(slug)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise NotFound(f"no server {slug!r} in the registry{hint}", code="server_not_found", param="slug")
+        return entry
+
+    def status(self) -> dict[str, Any]:
+        sessions = self.pool.sessions()
+        return {
+            "servers": len(self.registry),
+            "sessions": sum(1 for s in sessions if s.alive),
+            "hosted_children": sum(1 for s in sessions if s.alive and s.hosted),
+        }

@@ -1,0 +1,256 @@
+"""The server registry: `registry.yaml` parsed into typed, immutable entries.
+
+A registry maps slugs (`org/name`) to entries; each entry has one or more
+immutable versions, each either *hosted* (a command the hub launches over stdio)
+or *remote* (a URL spoken to over streamable HTTP or SSE). See the README for the
+file format.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import semantic_version
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*$")
+Transport = Literal["stdio", "streamable-http", "sse"]
+Protocol = Literal["legacy", "auto", "2025-11-25", "2026-07-28"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Model):
+    """Per-server limits; unset fields fall back to the hub's settings."""
+
+    call_timeout: Annotated[float, Field(gt=0)] | None = None
+    concurrency: Annotated[int, Field(ge=1)] | None = None
+
+
+class Connection(_Model):
+    """A credential connection a server declares: its fields and how they are delivered.
+
+    `env` (hosted stdio servers) and `headers` (HTTP servers) are templates whose
+    `{field}` placeholders are filled with the credential's values.
+    """
+
+    description: str = ""
+    fields: tuple[str, ...] = ("token",)
+    required: bool = True
+    env: dict[str, str] = {}
+    headers: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _templates_use_known_fields(self) -> Connection:
+        for template in [*self.env.values(), *self.headers.values()]:
+            for name in re.findall(r"{(\w+)}", template):
+                if name not in self.fields:
+                    raise ValueError(f"template {template!r} uses {{{name}}}, which is not one of fields {list(self.fields)}")
+        return self
+
+
+class Version(_Model):
+    """One immutable version of a server: hosted (`command`) or remote (`url`)."""
+
+    command: tuple[str, ...] | None = None
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    url: str | None = None
+    transport: Transport | None = None
+    headers: dict[str, str] = {}
+    protocol: Protocol = "legacy"
+    deprecated: bool = False
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_command(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(shlex.split(value))
+        return value
+
+    @model_validator(mode="after")
+    def _hosted_xor_remote(self) -> Version:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of `command` (hosted) or `url` (remote)")
+        if self.command is not None:
+            if not self.command:
+                raise ValueError("`command` is empty")
+            if self.transport not in (None, "stdio"):
+                raise ValueError("a hosted `command` speaks stdio; `transport` must be stdio or absent")
+        if self.url is not None:
+            if not re.match(r"^https?://", self.url):
+                raise ValueError("`url` must start with http:// or https://")
+            if self.transport == "stdio":
+                raise ValueError("a remote `url` speaks streamable-http or sse")
+        return self
+
+    @property
+    def hosted(self) -> bool:
+        return self.command is not None
+
+    @property
+    def kind(self) -> Transport:
+        """The transport this version is spoken to over."""
+        if self.command is not None:
+            return "stdio"
+        return self.transport or guess_transport(self.url or "")
+
+
+def guess_transport(url: str) -> Transport:
+    """Legacy SSE endpoints conventionally end in `/sse`; everything else is streamable HTTP."""
+    return "sse" if url.split("?", 1)[0].rstrip("/").endswith("/sse") else "streamable-http"
+
+
+def parse_version(text: str) -> semantic_version.Version:
+    """Parse `1.2.3` or `v1.2.3`; raise ValueError otherwise."""
+    return semantic_version.Version(text[1:] if text[:1] in ("v", "V") else text)
+
+
+class Entry(_Model):
+    """A registry entry: one server, all of its versions."""
+
+    slug: str
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    connections: dict[str, Connection] = {}
+    limits: Limits = Limits()
+    versions: dict[str, Version]
+
+    @field_validator("slug")
+    @classmethod
+    def _valid_slug(cls, value: str) -> str:
+        if not SLUG_RE.match(value):
+            raise ValueError("slug must look like org/name (lowercase letters, digits, '.', '_', '-')")
+        return value
+
+    @field_validator("versions")
+    @classmethod
+    def _semver_keys(cls, value: dict[str, Version]) -> dict[str, Version]:
+        if not value:
+            raise ValueError("at least one version is required")
+        for key in value:
+            try:
+                parse_version(key)
+            except ValueError:
+                raise ValueError(f"version {key!r} is not a semantic version like 1.2.0") from None
+        return value
+
+    @property
+    def latest(self) -> str:
+        """Highest non-deprecated, non-prerelease version (falling back to any)."""
+        ranked = sorted(self.versions, key=parse_version, reverse=True)
+        for key in ranked:
+            if not self.versions[key].deprecated and not parse_version(key).prerelease:
+                return key
+        return ranked[0]
+
+    def match(self, spec: str | None) -> str | None:
+        """The version key that `spec` selects: exact, absent = latest, or a semver range."""
+        if spec is None or spec in ("", "latest", "*"):
+            return self.latest
+        if spec in self.versions:
+            return spec
+        try:
+            wanted = parse_version(spec)
+        except ValueError:
+            pass
+        else:
+            return next((key for key in self.versions if parse_version(key) == wanted), None)
+        try:
+            selector: semantic_version.BaseSpec = (
+                semantic_version.SimpleSpec(spec) if "," in spec else semantic_version.NpmSpec(spec)
+            )
+        except ValueError:
+            try:
+                selector = semantic_version.SimpleSpec(spec)
+            except ValueError:
+                return None
+        candidates = {parse_version(key): key for key, v in self.versions.items() if not v.deprecated}
+        best = selector.select(candidates)
+        return candidates[best] if best is not None else None
+
+    def connection_names(self) -> list[str]:
+        """Connection names this server accepts credentials under, including the SDK's `org-name`."""
+        return [*self.connections, self.slug.replace("/", "-")]
+
+
+class Registry:
+    """An immutable set of entries, looked up by slug."""
+
+    def __init__(self, entries: dict[str, Entry], *, root: Path | None = None) -> None:
+        self._entries = dict(entries)
+        self.root = root or Path.cwd()
+
+    @classmethod
+    def from_file(cls, path: Path) -> Registry:
+        """Load and validate a registry file; errors name the entry and the field."""
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read registry {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        return cls.from_data(raw, source=str(path), root=path.resolve().parent)
+
+    @classmethod
+    def from_data(cls, raw: Any, *, source: str = "registry", root: Path | None = None) -> Registry:
+        if raw is None:
+            raw = {"servers": {}}
+        if not isinstance(raw, dict) or not isinstance(raw.get("servers", {}), dict):
+            raise ConfigError(f"{source}: expected a mapping with a `servers:` mapping of slug -> entry")
+        unknown = set(raw) - {"servers"}
+        if unknown:
+            raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown)}; only `servers` is allowed")
+        entries: dict[str, Entry] = {}
+        for slug, body in (raw.get("servers") or {}).items():
+            if not isinstance(body, dict):
+                raise ConfigError(f"{source}: servers[{slug!r}]: expected a mapping")
+            try:
+                entries[slug] = Entry.model_validate({**body, "slug": slug})
+            except ValidationError as exc:
+                raise ConfigError(f"{source}: {_describe(slug, exc)}") from None
+        return cls(entries, root=root)
+
+    def __contains__(self, slug: str) -> bool:
+        return slug in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, slug: str) -> Entry | None:
+        return self._entries.get(slug)
+
+    def entries(self) -> list[Entry]:
+        return sorted(self._entries.values(), key=lambda entry: entry.slug)
+
+    def suggest(self, slug: str, limit: int = 3) -> list[str]:
+        """Registered slugs closest to `slug` (whole slug, then name part alone)."""
+        slugs = list(self._entries)
+        close = difflib.get_close_matches(slug, slugs, n=limit, cutoff=0.5)
+        name = slug.rsplit("/", 1)[-1]
+        by_name = {s.rsplit("/", 1)[-1]: s for s in slugs}
+        for match in difflib.get_close_matches(name, list(by_name), n=limit, cutoff=0.6):
+            if by_name[match] not in close:
+                close.append(by_name[match])
+        return close[:limit]
+
+
+def _describe(slug: str, exc: ValidationError) -> str:
+    """`servers['org/name'].versions['1.0.0'].command: message` for the first error."""
+    parts = []
+    for err in exc.errors()[:3]:
+        where = f"servers[{slug!r}]"
+        for loc in err["loc"]:
+            where += f"[{loc!r}]" if isinstance(loc, str) and not loc.isidentifier() else f".{loc}" if isinstance(loc, str) else f"[{loc}]"
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)

@@ -1,0 +1,290 @@
+"""One live, supervised MCP client session.
+
+A `ManagedSession` is opened and closed by a single owner task (`run`), as the MCP
+SDK requires: the SDK's transports hold anyio task groups that must be exited by
+the task that entered them, and a dying streamable-HTTP transport cancels the task
+inside it. Other tasks only call `call_tool` / `list_tools`, which wait for the
+session to be ready.
+
+Lifecycle::
+
+    starting ──connect ok──▶ ready ──child exits / session lost──▶ restarting ──▶ ready …
+        │                      │                                        │
+        └──connect fails──▶ failed          stop() ──▶ closed     too many failures ──▶ failed
+
+A session that dies (a hosted child exits, an HTTP session expires or its server
+goes away) is reopened by its owner with exponential backoff, so callers waiting
+in `client()` get the replacement; after `MAX_FAILED_RESTARTS` failed reopenings
+in a row the session is `failed` and the pool drops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import mcp.types as types
+from mcp import Client, MCPError
+from anyio.abc import TaskStatus
+from mcp_types import CONNECTION_CLOSED, INVALID_REQUEST, REQUEST_TIMEOUT
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from .credentials import Binding
+from .errors import ConnectError, SessionLost
+from .resolution import Target
+from .transports import Opener
+
+log = logging.getLogger("mcp_hub.sessions")
+State = Literal["starting", "ready", "restarting", "failed", "closed"]
+MAX_FAILED_RESTARTS = 5
+
+
+@dataclass(frozen=True)
+class SessionKey:
+    """Sessions are shared only between callers of one tenant with identical credentials."""
+
+    tenant: str
+    ident: str
+    credential: str = ""
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    connect_timeout: float
+    restart_backoff: float
+    restart_backoff_max: float
+    concurrency: int
+
+
+class CallTimeout(Exception):
+    """A call exceeded its timeout; the session is still usable."""
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free description of a connect failure (flattening exception groups)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, MCPError):
+        return f"MCP error {exc.code}: {exc.message}"
+    if isinstance(exc, FileNotFoundError):
+        return f"command not found: {exc.filename}"
+    if isinstance(exc, TimeoutError):
+        return "timed out while connecting"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _modern_list_changed(client: Client) -> bool:
+    """Whether to open a listen stream: a 2026-era session whose server may announce tool changes.
+
+    A pinned protocol version skips discovery, so capabilities can be unknown (no `tools` entry).
+    """
+    tools = client.server_capabilities.tools
+    return client.protocol_version in MODERN_PROTOCOL_VERSIONS and (tools is None or bool(tools.list_changed))
+
+
+def _is_dead(exc: MCPError) -> bool:
+    message = exc.message.lower()
+    return exc.code == CONNECTION_CLOSED or (exc.code == INVALID_REQUEST and "session" in message
+                                             and ("not found" in message or "terminated" in message))
+
+
+class ManagedSession:
+    """A pooled session to one target, owned by the task running `run()`."""
+
+    def __init__(self, key: SessionKey, target: Target, binding: Binding, opener: Opener, policy: SessionPolicy) -> None:
+        self.key = key
+        self.target = target
+        self.binding = binding
+        self.hosted = target.version.kind == "stdio"
+        self._opener = opener
+        self._policy = policy
+        self._client: Client | None = None
+        self._wake = anyio.Event()          # set to end the current incarnation (stop or death)
+        self._changed = anyio.Event()       # replaced at every state change
+        self._stopping = False
+        self._tools: list[types.Tool] | None = None
+        self._tools_lock = anyio.Lock()
+        self.state: State = "starting"
+        self.error: str | None = None
+        self.generation = 0
+        self.restarts = 0
+        self.in_flight = 0
+        self.last_used = time.monotonic()
+        self.limiter = anyio.CapacityLimiter(target.limits.concurrency or policy.concurrency)
+        self.finished = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<ManagedSession {self.target.ident} {self.state} gen={self.generation}>"
+
+    # -- owner task -------------------------------------------------------------------------
+
+    def _set_state(self, state: State, error: str | None = None) -> None:
+        self.state, self.error = state, error
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    async def _on_message(self, message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            self._tools = None
+
+    async def _listen_for_tool_changes(self, client: Client, *, task_status: TaskStatus[None]) -> None:
+        """2026-07-28 sessions announce tool changes only on a `subscriptions/listen` stream."""
+        started = False
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                task_status.started()
+                started = True
+                async for _event in subscription:
+                    self._tools = None
+        except Exception as exc:  # boundary: without the stream the cache just is not invalidated early
+            log.info("server %s: no tools/list_changed stream: %s", self.target.name, _describe(exc))
+        finally:
+            if not started:
+                task_status.started()
+
+    async def run(self) -> None:
+        """Open the session, hold it until stopped, and reopen it after it dies."""
+        backoff = self._policy.restart_backoff
+        failures = 0
+        try:
+            while not self._stopping:
+                wake = self._wake = anyio.Event()
+                started = time.monotonic()
+                log_offset = self._opener.log_offset(self.target) if self.hosted else 0
+                connected = False
+                error = "the session ended"
+                with anyio.CancelScope(deadline=anyio.current_time() + self._policy.connect_timeout) as deadline:
+                    try:
+                        async with self._opener.open(self.target, self.binding, on_message=self._on_message,
+                                                     closed=wake) as client:
+                            tools = await _list_all_tools(client)
+                            async with anyio.create_task_group() as watchers:
+                                if _modern_list_changed(client):
+                                    await watchers.start(self._listen_for_tool_changes, client)
+                                deadline.deadline = math.inf
+                                self._client, self._tools, connected = client, tools, True
+                                self.generation += 1
+                                self._set_state("ready")
+                                await wake.wait()
+                                watchers.cancel_scope.cancel()
+                    except Exception as exc:  # boundary: every connect/transport failure lands here
+                        error = _describe(exc)
+                    finally:
+                        self._client = None
+                if deadline.cancelled_caught and not connected:
+                    error = f"timed out after {self._policy.connect_timeout:g}s while connecting"
+                if self.hosted and not self._stopping:
+                    tail = self._opener.stderr_tail(self.target, log_offset, self.binding)
+                    error += f" (server stderr: {tail})" if tail else ""
+                if self._stopping:
+                    break
+                if not connected and (self.generation == 0 or failures >= MAX_FAILED_RESTARTS):
+                    self._set_state("failed", error)
+                    return
+                failures = 0 if connected else failures + 1
+                if connected:
+                    self.restarts += 1
+                    if time.monotonic() - started > 60:
+                        backoff = self._policy.restart_backoff
+                self._set_state("restarting", error)
+                with anyio.move_on_after(backoff):
+                    await self._stop_requested()
+                backoff = min(max(backoff * 2, 0.05), self._policy.restart_backoff_max)
+        finally:
+            if self.state != "failed":
+                self._set_state("closed", self.error)
+            self.finished.set()
+
+    async def _stop_requested(self) -> None:
+        while not self._stopping:
+            await self._changed.wait()
+
+    def stop(self) -> None:
+        """Ask the owner task to close the session (returns at once; await `finished`)."""
+        self._stopping = True
+        self._wake.set()
+        self._set_state(self.state, self.error)
+
+    def mark_dead(self, generation: int) -> None:
+        """Report that the incarnation `generation` is dead; the owner replaces it."""
+        if generation == self.generation:
+            self._wake.set()
+
+    # -- callers ----------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self.state in ("starting", "ready", "restarting")
+
+    async def client(self, timeout: float) -> tuple[Client, int]:
+        """The ready client and its generation; waits through start-up and restarts."""
+        with anyio.fail_after(timeout):
+            while True:
+                if self.state == "ready" and self._client is not None and not self._wake.is_set():
+                    return self._client, self.generation
+                if self.state in ("failed", "closed"):
+                    raise ConnectError(f"server {self.target.name!r}: {self.error or 'session closed'}",
+                                       server=self.target.name)
+                await self._changed.wait()
+
+    async def list_tools(self) -> list[types.Tool]:
+        """The server's tools, cached per incarnation and refreshed after `tools/list_changed`."""
+        client, generation = await self.client(self._policy.connect_timeout)
+        if self._tools is not None:
+            return self._tools
+        async with self._tools_lock:
+            if self._tools is None:
+                try:
+                    tools = await _list_all_tools(client)
+                except MCPError as exc:
+                    if _is_dead(exc):
+                        self.mark_dead(generation)
+                    raise ConnectError(f"server {self.target.name!r}: {_describe(exc)}", server=self.target.name) from None
+                if generation == self.generation:
+                    self._tools = tools
+                return tools
+            return self._tools
+
+    def cached_tools(self) -> list[types.Tool] | None:
+        return self._tools
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], timeout: float) -> types.CallToolResult:
+        """Call one tool. Raises CallTimeout, SessionLost (with `delivered`), ConnectError or MCPError."""
+        self.in_flight += 1
+        try:
+            async with self.limiter:
+                client, generation = await self.client(self._policy.connect_timeout)
+                request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=arguments))
+                try:
+                    # send_request skips the SDK's output-schema check: the hub passes results through.
+                    return await client.session.send_request(request, types.CallToolResult,
+                                                             request_read_timeout_seconds=timeout)
+                except MCPError as exc:
+                    if exc.code == REQUEST_TIMEOUT:
+                        raise CallTimeout(f"tool {name!r} timed out after {timeout:g}s") from None
+                    if _is_dead(exc):
+                        self.mark_dead(generation)
+                        lost = SessionLost(f"server {self.target.name!r} went away during the call ({exc.message})",
+                                           server=self.target.name)
+                        lost.delivered = exc.code != INVALID_REQUEST  # a 404 session means it never ran
+                        raise lost from None
+                    raise
+        finally:
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
+
+
+async def _list_all_tools(client: Client) -> list[types.Tool]:
+    tools: list[types.Tool] = []
+    cursor: str | None = None
+    for _ in range(100):  # a paginator that never ends cannot hang the hub
+        page = await client.list_tools(cursor=cursor)
+        tools += page.tools
+        if (cursor := page.next_cursor) is None:
+            break
+    return tools

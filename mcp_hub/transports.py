@@ -1,0 +1,154 @@
+"""Opening MCP client connections for resolved targets, over stdio, streamable HTTP or SSE.
+
+`Opener` owns what every connection shares (one pooled HTTP transport, the log
+folder for hosted servers' stderr) and turns a target plus its credential binding
+into an entered `Client`. Hosted children are launched under `setpriv --pdeathsig
+KILL` where available, so even a hub killed with SIGKILL takes them down; the SDK
+already runs each child in its own process group and kills the group on close.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import mcp.types as types
+from mcp import Client, StdioServerParameters
+from mcp.client.sse import sse_client
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.message import SessionMessage
+
+from . import __version__
+from .credentials import Binding
+from .resolution import Target
+
+MessageHandler = Callable[[Any], Awaitable[None]]
+
+
+class SharedTransport(httpx2.AsyncBaseTransport):
+    """Delegates to the hub's pooled transport and ignores `aclose`, so per-session clients can be closed freely."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """The hub closes the inner transport itself, once, at shutdown."""
+
+
+@asynccontextmanager
+async def _watch_eof(transport: Any, closed: anyio.Event) -> AsyncIterator[Any]:
+    """Pass a transport through, setting `closed` when its read side ends (the child exited)."""
+    async with transport as (read, write):
+        send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+
+        async def pump() -> None:
+            try:
+                async with send:
+                    async for message in read:
+                        await send.send(message)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+            finally:
+                closed.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump)
+            try:
+                yield receive, write
+            finally:
+                tg.cancel_scope.cancel()
+
+
+class Opener:
+    """Builds entered `Client`s for targets; owns the shared HTTP transport."""
+
+    def __init__(self, *, logs_dir: Path, data_dir: Path, registry_root: Path, http: httpx2.AsyncBaseTransport,
+                 http_timeout: float = 30.0) -> None:
+        self.logs_dir = logs_dir
+        self.data_dir = data_dir
+        self.registry_root = registry_root
+        self._http = SharedTransport(http)
+        self._timeout = httpx2.Timeout(http_timeout, read=300.0)
+        self._setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+
+    def expand(self, text: str) -> str:
+        """Fill `{python}`, `{registry_dir}` and `{data_dir}` in registry commands, env and cwd."""
+        values = {"python": sys.executable, "registry_dir": str(self.registry_root), "data_dir": str(self.data_dir)}
+        return re.sub(r"{(python|registry_dir|data_dir)}", lambda m: values[m.group(1)], text)
+
+    def http_client(self, headers: dict[str, str]) -> httpx2.AsyncClient:
+        """A client over the shared connection pool; cheap to make (no TLS context of its own)."""
+        return httpx2.AsyncClient(transport=self._http, headers=headers, timeout=self._timeout, follow_redirects=False)
+
+    def stdio_params(self, target: Target, binding: Binding) -> StdioServerParameters:
+        version = target.version
+        assert version.command is not None
+        command = [self.expand(part) for part in version.command]
+        executable = shutil.which(command[0], path=(version.env.get("PATH") or None))
+        if executable is None:
+            raise FileNotFoundError(2, "command not found", command[0])
+        command[0] = executable
+        if self._setpriv:
+            command = [self._setpriv, "--pdeathsig", "KILL", "--", *command]
+        env = {key: self.expand(value) for key, value in version.env.items()} | binding.env
+        # Hosted servers find the hub's data folder the same way everywhere.
+        env.setdefault("MCP_HUB_DATA_DIR", str(self.data_dir))
+        cwd = self.expand(version.cwd) if version.cwd else str(self.registry_root)
+        return StdioServerParameters(command=command[0], args=command[1:], env=env, cwd=cwd)
+
+    def log_path(self, target: Target) -> Path:
+        return self.logs_dir / (re.sub(r"[^A-Za-z0-9._@-]+", "_", target.ident).strip("_") + ".log")
+
+    def stderr_tail(self, target: Target, since: int, binding: Binding, lines: int = 3) -> str:
+        """The last lines a hosted server wrote to stderr since offset `since`, secrets masked."""
+        try:
+            with open(self.log_path(target), "rb") as log:
+                log.seek(since)
+                text = log.read()[-4096:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+        for secret in binding.secrets():
+            text = text.replace(secret, "[REDACTED]")
+        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+    def log_offset(self, target: Target) -> int:
+        try:
+            return self.log_path(target).stat().st_size
+        except OSError:
+            return 0
+
+    @asynccontextmanager
+    async def open(self, target: Target, binding: Binding, *, on_message: MessageHandler,
+                   closed: anyio.Event) -> AsyncIterator[Client]:
+        """Connect and handshake; the caller's task must also be the one that exits this context."""
+        version = target.version
+        async with AsyncExitStack() as stack:
+            if version.kind == "stdio":
+                self.logs_dir.mkdir(parents=True, exist_ok=True)
+                errlog = stack.enter_context(open(self.log_path(target), "a", encoding="utf-8"))
+                transport: Any = stdio_client(self.stdio_params(target, binding), errlog=errlog)
+            else:
+                assert version.url is not None
+                headers = version.headers | binding.headers
+                if version.kind == "sse":
+                    transport = sse_client(version.url, headers=headers,
+                                           httpx_client_factory=lambda headers=None, timeout=None, auth=None: self.http_client(headers or {}))
+                else:
+                    client = await stack.enter_async_context(self.http_client(headers))
+                    transport = streamable_http_client(version.url, http_client=client)
+            session = Client(_watch_eof(transport, closed), mode=version.protocol if version.protocol != "2025-11-25" else "legacy",
+                             message_handler=on_message, cache=None,
+                             client_info=types.Implementation(name="mcp-hub", version=__version__))
+            yield await stack.enter_async_context(session)
+

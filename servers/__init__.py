@@ -1,0 +1,1 @@
+"""Hosted MCP servers bundled with mcp-hub."""

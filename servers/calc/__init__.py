@@ -1,0 +1,1 @@
+"""The `calc` MCP server (``python -m mcp_hub_servers.calc``)."""

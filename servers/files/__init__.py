@@ -1,0 +1,1 @@
+"""The `files` MCP server (``python -m mcp_hub_servers.files``)."""

@@ -1,0 +1,1 @@
+"""The `notes` MCP server (``python -m mcp_hub_servers.notes``)."""

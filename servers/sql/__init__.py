@@ -1,0 +1,1 @@
+"""The `sql` MCP server (``python -m mcp_hub_servers.sql``)."""

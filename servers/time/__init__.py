@@ -1,0 +1,1 @@
+"""The `time` MCP server (``python -m mcp_hub_servers.time``)."""

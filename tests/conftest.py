@@ -1,0 +1,141 @@
+"""Shared fixtures: registries of real test servers, a running hub, and its HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx2
+import pytest
+
+from mcp_hub.app import create_app
+from mcp_hub.hub import Hub
+from mcp_hub.registry import Registry
+from mcp_hub.settings import Settings
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = ROOT / "tests" / "fixtures" / "probe_server.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[Any] | None = None, timeout: float = 20.0) -> None:
+    """Block until something accepts on 127.0.0.1:port (bounded; fails if the process died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listened on port {port} within {timeout}s")
+
+
+def spawn(args: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a server process in its own process group and wait until it listens."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
+    try:
+        wait_for_port(port, proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def probe_entry(**version: Any) -> dict[str, Any]:
+    return {"description": "probe", "tags": ["test"], "versions": {"1.0.0": {"command": ["{python}", str(PROBE)], **version}}}
+
+
+@pytest.fixture
+def probe_http(tmp_path: Path) -> Iterator[str]:
+    """The probe server over streamable HTTP on 127.0.0.1; yields its URL."""
+    port = free_port()
+    proc = spawn([sys.executable, str(PROBE), "--http", str(port)], port, tmp_path / "probe-http.log")
+    yield f"http://127.0.0.1:{port}/mcp"
+    stop(proc)
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry.from_data({"servers": {"test/probe": probe_entry()}}, root=ROOT)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.load(data_dir=tmp_path / "data", connect_timeout=20, restart_backoff=0.05)
+
+
+@contextlib.asynccontextmanager
+async def owned(context: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+    """Enter and exit `context` in one dedicated task.
+
+    pytest-asyncio runs a fixture's setup and teardown in different tasks, but the
+    hub holds anyio task groups that must be exited by the task that entered them.
+    """
+    ready: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    done = asyncio.Event()
+
+    async def owner() -> None:
+        try:
+            async with context as value:
+                ready.set_result(value)
+                await done.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+
+    task = asyncio.create_task(owner())
+    try:
+        yield await ready
+    finally:
+        done.set()
+        await task
+
+
+@pytest.fixture
+async def hub(settings: Settings, registry: Registry) -> AsyncIterator[Hub]:
+    async with owned(Hub(settings, registry)) as running:
+        yield running
+
+
+@pytest.fixture
+async def api(settings: Settings, registry: Registry) -> AsyncIterator[httpx2.AsyncClient]:
+    """An HTTP client for the hub's API, with the app's lifespan running."""
+    app = create_app(settings, registry)
+    async with owned(app.router.lifespan_context(app)) as state:
+        async def with_state(scope: Any, receive: Any, send: Any) -> None:
+            scope["state"] = dict(state or {})
+            await app(scope, receive, send)
+
+        transport = httpx2.ASGITransport(app=with_state)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
+            yield client
