@@ -85,8 +85,8 @@ def parse_cred_flags(values: Sequence[str]) -> list[Credential]:
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
     """A plain aligned table."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
              for row in [headers, ["-" * w for w in widths], *rows]]
     return "\n".join(lines)
 

@@ -31,8 +31,17 @@ class Credential(BaseModel):
     @classmethod
     def _stringify(cls, value: object) -> object:
         if isinstance(value, Mapping):
-            return {str(k): v if isinstance(v, (str, SecretStr)) else str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+            return {str(key): _as_text(item) for key, item in value.items()}
         return value
+
+
+def _as_text(value: object) -> object:
+    """Credential values may be str, int or bool on the wire; they are delivered as text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
 
 
 @dataclass(frozen=True)

@@ -144,9 +144,9 @@ class Hub:
     async def call_tool(self, server: Any, tool: str, arguments: dict[str, Any] | None,
                         credentials: Sequence[Credential] = (), *, tenant: str = "default") -> tuple[ToolResult, Servers]:
         """Resolve one server and run one tool on it."""
-        servers = self.open_servers(server, credentials, tenant=tenant)
         if isinstance(server, list) and len(server) != 1:
             raise RequestError("`server` names exactly one server", param="server")
+        servers = self.open_servers(server, credentials, tenant=tenant)
         name = next(iter(servers.sessions), None) or next(iter(servers.errors), str(server))
         result = await self.executor.call(ToolCall(server=name, tool=tool, arguments=arguments),
                                           servers.sessions.get(name), servers.errors)

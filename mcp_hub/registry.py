@@ -250,7 +250,10 @@ def _describe(slug: str, exc: ValidationError) -> str:
     for err in exc.errors()[:3]:
         where = f"servers[{slug!r}]"
         for loc in err["loc"]:
-            where += f"[{loc!r}]" if isinstance(loc, str) and not loc.isidentifier() else f".{loc}" if isinstance(loc, str) else f"[{loc}]"
+            if isinstance(loc, int):
+                where += f"[{loc}]"
+            else:
+                where += f".{loc}" if loc.isidentifier() else f"[{loc!r}]"
         message = err["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {message}")
     return "; ".join(parts)

@@ -107,7 +107,8 @@ def resolve_one(spec: ServerSpec, registry: Registry) -> Target:
     if key is None:
         available = ", ".join(sorted(entry.versions))
         raise ResolutionError(f"{slug} has no version matching {spec.version!r}", server=name, code="version_not_found",
-                              recommendation=f"Available versions: {available}; omit the version for the latest ({entry.latest}).")
+                              recommendation=f"Available versions: {available}; omit the version for the latest "
+                                             f"({entry.latest}).")
     return Target(name=name, ident=f"{slug}@{key}", version=entry.versions[key], entry=entry, version_key=key,
                   spec_credentials=spec.credentials)
 

@@ -28,9 +28,9 @@ from typing import Any, Literal
 
 import anyio
 import mcp.types as types
-from mcp import Client, MCPError
 from anyio.abc import TaskStatus
-from mcp_types import CONNECTION_CLOSED, INVALID_REQUEST, REQUEST_TIMEOUT
+from mcp import Client, MCPError
+from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, INVALID_REQUEST, REQUEST_TIMEOUT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .credentials import Binding
@@ -87,10 +87,15 @@ def _modern_list_changed(client: Client) -> bool:
     return client.protocol_version in MODERN_PROTOCOL_VERSIONS and (tools is None or bool(tools.list_changed))
 
 
-def _is_dead(exc: MCPError) -> bool:
+def _is_dead(exc: MCPError, *, http: bool) -> bool:
+    """Whether an error means the session is gone (and must be reopened), not just the call failed."""
     message = exc.message.lower()
-    return exc.code == CONNECTION_CLOSED or (exc.code == INVALID_REQUEST and "session" in message
-                                             and ("not found" in message or "terminated" in message))
+    if exc.code == CONNECTION_CLOSED or (exc.code == INVALID_REQUEST and "session" in message
+                                         and ("not found" in message or "terminated" in message)):
+        return True
+    # The SDK's stand-in for an HTTP error status without a JSON-RPC body: a stateful server that
+    # restarted and forgot our Mcp-Session-Id answers that way (server-everything: 400).
+    return http and exc.code == INTERNAL_ERROR and exc.message == "Server returned an error response"
 
 
 class ManagedSession:
@@ -242,7 +247,7 @@ class ManagedSession:
                 try:
                     tools = await _list_all_tools(client)
                 except MCPError as exc:
-                    if _is_dead(exc):
+                    if _is_dead(exc, http=self.target.version.kind != "stdio"):
                         self.mark_dead(generation)
                     raise ConnectError(f"server {self.target.name!r}: {_describe(exc)}", server=self.target.name) from None
                 if generation == self.generation:
@@ -267,7 +272,7 @@ class ManagedSession:
                 except MCPError as exc:
                     if exc.code == REQUEST_TIMEOUT:
                         raise CallTimeout(f"tool {name!r} timed out after {timeout:g}s") from None
-                    if _is_dead(exc):
+                    if _is_dead(exc, http=self.target.version.kind != "stdio"):
                         self.mark_dead(generation)
                         lost = SessionLost(f"server {self.target.name!r} went away during the call ({exc.message})",
                                            server=self.target.name)

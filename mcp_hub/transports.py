@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import anyio
 import httpx2
 import mcp.types as types
 from mcp import Client, StdioServerParameters
+from mcp.client.session import MessageHandlerFnT
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -29,8 +30,6 @@ from mcp.shared.message import SessionMessage
 from . import __version__
 from .credentials import Binding
 from .resolution import Target
-
-MessageHandler = Callable[[Any], Awaitable[None]]
 
 
 class SharedTransport(httpx2.AsyncBaseTransport):
@@ -129,26 +128,30 @@ class Opener:
             return 0
 
     @asynccontextmanager
-    async def open(self, target: Target, binding: Binding, *, on_message: MessageHandler,
+    async def open(self, target: Target, binding: Binding, *, on_message: MessageHandlerFnT,
                    closed: anyio.Event) -> AsyncIterator[Client]:
         """Connect and handshake; the caller's task must also be the one that exits this context."""
         version = target.version
         async with AsyncExitStack() as stack:
             if version.kind == "stdio":
                 self.logs_dir.mkdir(parents=True, exist_ok=True)
-                errlog = stack.enter_context(open(self.log_path(target), "a", encoding="utf-8"))
+                errlog = stack.enter_context(open(self.log_path(target), "a", encoding="utf-8"))  # noqa: SIM115
                 transport: Any = stdio_client(self.stdio_params(target, binding), errlog=errlog)
             else:
                 assert version.url is not None
                 headers = version.headers | binding.headers
                 if version.kind == "sse":
-                    transport = sse_client(version.url, headers=headers,
-                                           httpx_client_factory=lambda headers=None, timeout=None, auth=None: self.http_client(headers or {}))
+                    def factory(headers: dict[str, str] | None = None, timeout: Any = None,
+                                auth: Any = None) -> httpx2.AsyncClient:
+                        return self.http_client(headers or {})
+
+                    transport = sse_client(version.url, headers=headers, httpx_client_factory=factory)
                 else:
                     client = await stack.enter_async_context(self.http_client(headers))
                     transport = streamable_http_client(version.url, http_client=client)
-            session = Client(_watch_eof(transport, closed), mode=version.protocol if version.protocol != "2025-11-25" else "legacy",
-                             message_handler=on_message, cache=None,
+            # "2025-11-25" is the handshake era, which the SDK calls legacy mode.
+            mode = "legacy" if version.protocol == "2025-11-25" else version.protocol
+            session = Client(_watch_eof(transport, closed), mode=mode, message_handler=on_message, cache=None,
                              client_info=types.Implementation(name="mcp-hub", version=__version__))
             yield await stack.enter_async_context(session)
 
