@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from . import __version__
-from .errors import HubError, RequestError, ServerError, TooLarge
+from .errors import CredentialError, HubError, RequestError, ResolutionError, ServerError, TooLarge
 from .hub import Hub, parse_credentials
 from .registry import Entry, Registry
 from .settings import Settings
@@ -105,8 +105,11 @@ async def call_tool(request: Request) -> JSONResponse:
     body: ToolCallBody = _validate(ToolCallBody, await _json_body(request))
     credentials = parse_credentials(body.credentials)
     result, servers = await hub.call_tool(body.server, body.tool, body.arguments, credentials)
-    if servers.errors and not servers.sessions:
-        raise next(iter(servers.errors.values()))
+    for error in servers.errors.values():
+        # The caller named something that cannot be served: a 4xx. A server that could not be
+        # reached is reported like any failed call: a record with `is_error` (and the server error).
+        if isinstance(error, ResolutionError | CredentialError):
+            raise error
     record = result.model_dump(exclude={"call_id"})
     if servers.errors:
         record["mcp_server_errors"] = servers.error_entries()

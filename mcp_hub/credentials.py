@@ -63,15 +63,14 @@ def _render(template: str, values: Mapping[str, SecretStr]) -> str:
 
 def bind(entry: Entry | None, server_name: str, credentials: Iterable[Credential]) -> Binding:
     """Bind the matching credentials to one server; raise CredentialError when a required one is missing."""
-    by_name = {cred.connection_name: cred for cred in credentials}
+    credentials = list(credentials)
     env: dict[str, str] = {}
     headers: dict[str, str] = {}
     digest = hashlib.sha256()
     if entry is None:
         return Binding()
-    sdk_name = entry.slug.replace("/", "-")
     for name, connection in sorted(entry.connections.items()):
-        cred = by_name.get(name) or (by_name.get(sdk_name) if len(entry.connections) == 1 else None)
+        cred = find(entry, name, credentials)
         if cred is None or not _complete(connection, cred):
             if connection.required:
                 example = json.dumps({"connection_name": name, "values": {f: "..." for f in connection.fields}})
@@ -86,6 +85,14 @@ def bind(entry: Entry | None, server_name: str, credentials: Iterable[Credential
         for key in sorted(cred.values):
             digest.update(f"{name}\0{key}\0{cred.values[key].get_secret_value()}\0".encode())
     return Binding(env=env, headers=headers, fingerprint=digest.hexdigest()[:32] if env or headers else "")
+
+
+def find(entry: Entry, connection: str, credentials: Iterable[Credential]) -> Credential | None:
+    """The credential for one of `entry`'s connections: by its name, or by the SDK convention
+    `org-name` for server `org/name` when the entry declares exactly one connection."""
+    by_name = {cred.connection_name: cred for cred in credentials}
+    sdk_name = entry.slug.replace("/", "-")
+    return by_name.get(connection) or (by_name.get(sdk_name) if len(entry.connections) == 1 else None)
 
 
 def _complete(connection: Connection, cred: Credential) -> bool:

@@ -13,6 +13,8 @@
         │                          (server_not_found, version_not_found, invalid_spec)
         ├── CredentialError        missing_credentials
         ├── ConnectError           connect_failed (spawn, handshake, network)
+        ├── AuthRequired (401)     auth_required: an OAuth server needs a user
+        │                          to authorize the hub first
         ├── CapacityError          capacity (child/session caps reached)
         └── SessionLost            the live session died under a call
 
@@ -118,6 +120,22 @@ class ConnectError(ServerError):
 
     code = "connect_failed"
     recommendation = "The server could not be started or reached; retry later or check the hub's server logs."
+
+
+class AuthRequired(ServerError):
+    """An OAuth-protected server needs a user to approve the hub, and no one can be asked now.
+
+    The recommendation names the authorization URL to open. That URL is public (endpoint,
+    client id, PKCE challenge, state); tokens and client secrets never appear here.
+    """
+
+    status = 401
+    code = "auth_required"
+
+    def __init__(self, server: str, authorization_url: str) -> None:
+        super().__init__(f"server {server!r} requires OAuth authorization", server=server,
+                         recommendation=f"Open {authorization_url} to authorize the hub, then retry.")
+        self.authorization_url = authorization_url
 
 
 class CapacityError(ServerError):

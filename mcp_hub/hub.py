@@ -1,8 +1,9 @@
 """The `Hub`: the one owner of the service's long-lived resources.
 
-It holds the settings, the registry, the pooled HTTP transport, the session pool
-and the executor; the app lifespan (or a CLI command) enters it and exits it.
-Handlers call its methods and never touch the resources directly.
+It holds the settings, the registry, the pooled HTTP transport, the OAuth broker
+(and so every OAuth token), the session pool and the executor; the app lifespan (or
+a CLI command) enters it and exits it. Handlers call its methods and never touch the
+resources directly.
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ from typing import Any
 import anyio
 import httpx2
 import mcp.types as types
+from mcp.client.session import ElicitationFnT
 from pydantic import TypeAdapter, ValidationError
 
 from .credentials import Credential, bind
 from .errors import NotFound, RequestError, ServerError
 from .executor import Batch, Executor, ToolCall, ToolResult
+from .oauth import ClientIdentity, OAuthBroker, UserAgent
 from .pool import SessionPool
 from .registry import Entry, Registry
 from .resolution import resolve
 from .sessions import ManagedSession
 from .settings import Settings
-from .transports import Opener
+from .transports import Opener, decline_elicitation
 
 _credentials_adapter = TypeAdapter(Credential | list[Credential])
 
@@ -57,11 +60,19 @@ class Servers:
 class Hub:
     """The service object behind the HTTP API and the CLI."""
 
-    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+    def __init__(self, settings: Settings, registry: Registry | None = None, *,
+                 oauth_identity: ClientIdentity | None = None, user_agent: UserAgent | None = None,
+                 elicitation: ElicitationFnT = decline_elicitation) -> None:
+        """`user_agent` performs the user step of OAuth authorization-code flows (none: they end
+        in `AuthRequired`); `elicitation` answers servers' elicitation requests (default: decline)."""
         self.settings = settings
         self.registry = registry if registry is not None else Registry.from_file(settings.registry)
         self.executor = Executor(settings.call_timeout)
+        self._oauth_identity = oauth_identity
+        self._user_agent = user_agent
+        self._elicitation = elicitation
         self._http: httpx2.AsyncHTTPTransport | None = None
+        self._oauth: OAuthBroker | None = None
         self._pool: SessionPool | None = None
 
     @property
@@ -74,8 +85,9 @@ class Hub:
         data_dir = self.settings.data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self._http = httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50))
+        self._oauth = OAuthBroker(self._oauth_identity, user_agent=self._user_agent)
         opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root, http=self._http,
-                        http_timeout=self.settings.connect_timeout)
+                        http_timeout=self.settings.connect_timeout, oauth=self._oauth, elicitation=self._elicitation)
         self._pool = SessionPool(self.settings, opener)
         await self._pool.__aenter__()
         if self.settings.prewarm:
@@ -91,6 +103,7 @@ class Hub:
                 await self._pool.__aexit__(exc_type, exc, tb)
         finally:
             self._pool = None
+            self._oauth = None  # the tokens die with the hub
             if self._http is not None:
                 await self._http.aclose()
                 self._http = None
@@ -104,6 +117,8 @@ class Hub:
         for target in targets:
             try:
                 binding = bind(target.entry, target.name, credentials)
+                if self._oauth is not None:
+                    binding = self._oauth.prepare(tenant, target, binding, credentials)
             except ServerError as exc:
                 servers.errors[target.name] = exc
                 continue

@@ -58,6 +58,33 @@ class Connection(_Model):
         return self
 
 
+class OAuth(_Model):
+    """How the hub obtains OAuth 2.1 access tokens for a remote server (see `mcp_hub.oauth`).
+
+    `authorization_code` (the default) discovers the authorization server from the MCP
+    server's 401 challenge, registers the hub (pre-registered client, CIMD or dynamic
+    registration) and needs a user to approve; `client_credentials` is machine-to-machine
+    and needs a pre-registered client. A pre-registered client's `client_id` (and
+    `client_secret`) are fields of the request credential for `connection`, a connection
+    the entry declares; `issuer` names the authorization server that client belongs to
+    (required for client_credentials, so its secret is only ever sent there). Scopes are
+    not configured: the flows request what the server's challenge and metadata name.
+    """
+
+    grant: Literal["authorization_code", "client_credentials"] = "authorization_code"
+    connection: str | None = None
+    issuer: str | None = None
+    client_name: str | None = None
+
+    @model_validator(mode="after")
+    def _client_credentials_needs_a_client(self) -> OAuth:
+        if self.grant == "client_credentials" and (self.connection is None or self.issuer is None):
+            raise ValueError("the client_credentials grant needs `connection` (client_id, client_secret) and `issuer`")
+        if self.issuer is not None and not re.match(r"^https?://", self.issuer):
+            raise ValueError("`issuer` must be the authorization server's http(s) issuer URL")
+        return self
+
+
 class Version(_Model):
     """One immutable version of a server: hosted (`command`) or remote (`url`)."""
 
@@ -68,6 +95,7 @@ class Version(_Model):
     transport: Transport | None = None
     headers: dict[str, str] = {}
     protocol: Protocol = "legacy"
+    oauth: OAuth | None = None
     deprecated: bool = False
 
     @field_validator("command", mode="before")
@@ -91,6 +119,8 @@ class Version(_Model):
                 raise ValueError("`url` must start with http:// or https://")
             if self.transport == "stdio":
                 raise ValueError("a remote `url` speaks streamable-http or sse")
+        elif self.oauth is not None:
+            raise ValueError("`oauth` applies to remote (`url`) servers only")
         return self
 
     @property
@@ -143,6 +173,19 @@ class Entry(_Model):
             except ValueError:
                 raise ValueError(f"version {key!r} is not a semantic version like 1.2.0") from None
         return value
+
+    @model_validator(mode="after")
+    def _oauth_connections_declared(self) -> Entry:
+        for key, version in self.versions.items():
+            name = version.oauth.connection if version.oauth else None
+            if name is None:
+                continue
+            connection = self.connections.get(name)
+            if connection is None:
+                raise ValueError(f"versions[{key!r}].oauth.connection {name!r} is not one of the declared connections")
+            if "client_id" not in connection.fields:
+                raise ValueError(f"connection {name!r} carries an OAuth client; its fields must include client_id")
+        return self
 
     @property
     def latest(self) -> str:

@@ -2,8 +2,10 @@
 
 Accepted forms (PROTOCOL.md section 2): a bare item or a list of items, each one of
 `"org/name"`, `"org/name@1.2"`, `{"slug", "version"?}`, `"https://host/mcp"`,
-`{"url"}`, and any of the objects with `name` and `credentials`. Items that cannot
-be resolved become `ServerError`s keyed by their instance name; the rest resolve.
+`{"url"}`, and any of the objects with `name` and `credentials`. A URL object with
+`"oauth": true` names an OAuth-protected server: the hub runs the authorization-code
+flow for it (discovery, client registration, PKCE). Items that cannot be resolved
+become `ServerError`s keyed by their instance name; the rest resolve.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import RequestError, ResolutionError, ServerError
-from .registry import SLUG_RE, Entry, Limits, Registry, Version, guess_transport
+from .registry import SLUG_RE, Entry, Limits, OAuth, Registry, Version, guess_transport
 
 
 class ServerSpec(BaseModel):
@@ -28,6 +30,7 @@ class ServerSpec(BaseModel):
     version: str | None = None
     credentials: dict[str, Any] | None = None
     transport: str | None = None
+    oauth: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,10 @@ def resolve_one(spec: ServerSpec, registry: Registry) -> Target:
         if transport not in ("streamable-http", "sse"):
             raise ResolutionError(f"unknown transport {transport!r}", server=name, code="invalid_spec",
                                   recommendation="Use transport streamable-http or sse.")
-        version = Version(url=spec.url, transport=transport)  # type: ignore[arg-type]
-        return Target(name=name, ident=spec.url, version=version, spec_credentials=spec.credentials)
+        version = Version(url=spec.url, transport=transport, oauth=OAuth() if spec.oauth else None)  # type: ignore[arg-type]
+        # An OAuth session to a URL is a different session (and token store) from a plain one.
+        ident = f"{spec.url} [oauth]" if spec.oauth else spec.url
+        return Target(name=name, ident=ident, version=version, spec_credentials=spec.credentials)
     slug = (spec.slug or "").strip()
     if "@" in slug and spec.version is None:
         slug, _, version_text = slug.rpartition("@")

@@ -34,7 +34,7 @@ from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, INVALID_REQUEST, REQUES
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .credentials import Binding
-from .errors import ConnectError, SessionLost
+from .errors import ConnectError, ServerError, SessionLost
 from .resolution import Target
 from .transports import Opener
 
@@ -116,6 +116,7 @@ class ManagedSession:
         self._tools_lock = anyio.Lock()
         self.state: State = "starting"
         self.error: str | None = None
+        self.failure: ServerError | None = None  # the opener's own verdict, e.g. AuthRequired, raised as-is
         self.generation = 0
         self.restarts = 0
         self.in_flight = 0
@@ -162,11 +163,11 @@ class ManagedSession:
                 started = time.monotonic()
                 log_offset = self._opener.log_offset(self.target) if self.hosted else 0
                 connected = False
-                error = "the session ended"
+                error, self.failure = "the session ended", None
                 with anyio.CancelScope(deadline=anyio.current_time() + self._policy.connect_timeout) as deadline:
                     try:
                         async with self._opener.open(self.target, self.binding, on_message=self._on_message,
-                                                     closed=wake) as client:
+                                                     closed=wake, tenant=self.key.tenant) as client:
                             tools = await _list_all_tools(client)
                             async with anyio.create_task_group() as watchers:
                                 if _modern_list_changed(client):
@@ -177,6 +178,8 @@ class ManagedSession:
                                 self._set_state("ready")
                                 await wake.wait()
                                 watchers.cancel_scope.cancel()
+                    except ServerError as exc:
+                        error, self.failure = exc.message, exc
                     except Exception as exc:  # boundary: every connect/transport failure lands here
                         error = _describe(exc)
                     finally:
@@ -232,6 +235,8 @@ class ManagedSession:
             while True:
                 if self.state == "ready" and self._client is not None and not self._wake.is_set():
                     return self._client, self.generation
+                if self.state == "failed" and self.failure is not None:
+                    raise self.failure
                 if self.state in ("failed", "closed"):
                     raise ConnectError(f"server {self.target.name!r}: {self.error or 'session closed'}",
                                        server=self.target.name)

@@ -1,10 +1,11 @@
 """Opening MCP client connections for resolved targets, over stdio, streamable HTTP or SSE.
 
 `Opener` owns what every connection shares (one pooled HTTP transport, the log
-folder for hosted servers' stderr) and turns a target plus its credential binding
-into an entered `Client`. Hosted children are launched under `setpriv --pdeathsig
-KILL` where available, so even a hub killed with SIGKILL takes them down; the SDK
-already runs each child in its own process group and kills the group on close.
+folder for hosted servers' stderr, the OAuth broker, the elicitation policy) and
+turns a target plus its credential binding into an entered `Client`. Hosted
+children are launched under `setpriv --pdeathsig KILL` where available, so even a
+hub killed with SIGKILL takes them down; the SDK already runs each child in its
+own process group and kills the group on close.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import anyio
 import httpx2
 import mcp.types as types
 from mcp import Client, StdioServerParameters
-from mcp.client.session import MessageHandlerFnT
+from mcp.client.context import ClientRequestContext
+from mcp.client.session import ElicitationFnT, MessageHandlerFnT
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -29,7 +31,18 @@ from mcp.shared.message import SessionMessage
 
 from . import __version__
 from .credentials import Binding
+from .errors import AuthRequired
+from .oauth import OAuthBroker
 from .resolution import Target
+
+
+async def decline_elicitation(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+    """The hub's elicitation policy while no end user can be asked: decline.
+
+    A decline is an answer the server's tool can act on ("the user said no"), where the
+    SDK's default, a -32600 "not supported" error, usually fails the whole tool call.
+    """
+    return types.ElicitResult(action="decline")
 
 
 class SharedTransport(httpx2.AsyncBaseTransport):
@@ -69,26 +82,39 @@ async def _watch_eof(transport: Any, closed: anyio.Event) -> AsyncIterator[Any]:
                 tg.cancel_scope.cancel()
 
 
+def _auth_required(exc: BaseException) -> AuthRequired | None:
+    """The `AuthRequired` somewhere inside (nested) exception groups, if any."""
+    if isinstance(exc, AuthRequired):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        return next((found for inner in exc.exceptions if (found := _auth_required(inner)) is not None), None)
+    return None
+
+
 class Opener:
     """Builds entered `Client`s for targets; owns the shared HTTP transport."""
 
     def __init__(self, *, logs_dir: Path, data_dir: Path, registry_root: Path, http: httpx2.AsyncBaseTransport,
-                 http_timeout: float = 30.0) -> None:
+                 http_timeout: float = 30.0, oauth: OAuthBroker | None = None,
+                 elicitation: ElicitationFnT = decline_elicitation) -> None:
         self.logs_dir = logs_dir
         self.data_dir = data_dir
         self.registry_root = registry_root
         self._http = SharedTransport(http)
         self._timeout = httpx2.Timeout(http_timeout, read=300.0)
         self._setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+        self.oauth = oauth or OAuthBroker()
+        self.elicitation = elicitation
 
     def expand(self, text: str) -> str:
         """Fill `{python}`, `{registry_dir}` and `{data_dir}` in registry commands, env and cwd."""
         values = {"python": sys.executable, "registry_dir": str(self.registry_root), "data_dir": str(self.data_dir)}
         return re.sub(r"{(python|registry_dir|data_dir)}", lambda m: values[m.group(1)], text)
 
-    def http_client(self, headers: dict[str, str]) -> httpx2.AsyncClient:
+    def http_client(self, headers: dict[str, str], auth: httpx2.Auth | None = None) -> httpx2.AsyncClient:
         """A client over the shared connection pool; cheap to make (no TLS context of its own)."""
-        return httpx2.AsyncClient(transport=self._http, headers=headers, timeout=self._timeout, follow_redirects=False)
+        return httpx2.AsyncClient(transport=self._http, headers=headers, timeout=self._timeout, follow_redirects=False,
+                                  auth=auth)
 
     def stdio_params(self, target: Target, binding: Binding) -> StdioServerParameters:
         version = target.version
@@ -128,9 +154,25 @@ class Opener:
             return 0
 
     @asynccontextmanager
-    async def open(self, target: Target, binding: Binding, *, on_message: MessageHandlerFnT,
-                   closed: anyio.Event) -> AsyncIterator[Client]:
-        """Connect and handshake; the caller's task must also be the one that exits this context."""
+    async def open(self, target: Target, binding: Binding, *, on_message: MessageHandlerFnT, closed: anyio.Event,
+                   tenant: str = "default") -> AsyncIterator[Client]:
+        """Connect and handshake; the caller's task must also be the one that exits this context.
+
+        An `AuthRequired` raised inside the transport (by the OAuth flow) leaves as itself,
+        not wrapped in the transport's exception group, so callers see its recommendation.
+        """
+        try:
+            async with self._open(target, binding, on_message=on_message, closed=closed, tenant=tenant) as client:
+                yield client
+        except BaseExceptionGroup as group:
+            needed = _auth_required(group)
+            if needed is None:
+                raise
+            raise needed from None
+
+    @asynccontextmanager
+    async def _open(self, target: Target, binding: Binding, *, on_message: MessageHandlerFnT, closed: anyio.Event,
+                    tenant: str) -> AsyncIterator[Client]:
         version = target.version
         async with AsyncExitStack() as stack:
             if version.kind == "stdio":
@@ -140,18 +182,20 @@ class Opener:
             else:
                 assert version.url is not None
                 headers = version.headers | binding.headers
+                auth = self.oauth.auth(tenant, target, binding)
                 if version.kind == "sse":
                     def factory(headers: dict[str, str] | None = None, timeout: Any = None,
-                                auth: Any = None) -> httpx2.AsyncClient:
-                        return self.http_client(headers or {})
+                                auth: httpx2.Auth | None = None) -> httpx2.AsyncClient:
+                        return self.http_client(headers or {}, auth)
 
-                    transport = sse_client(version.url, headers=headers, httpx_client_factory=factory)
+                    transport = sse_client(version.url, headers=headers, httpx_client_factory=factory, auth=auth)
                 else:
-                    client = await stack.enter_async_context(self.http_client(headers))
+                    client = await stack.enter_async_context(self.http_client(headers, auth))
                     transport = streamable_http_client(version.url, http_client=client)
             # "2025-11-25" is the handshake era, which the SDK calls legacy mode.
             mode = "legacy" if version.protocol == "2025-11-25" else version.protocol
             session = Client(_watch_eof(transport, closed), mode=mode, message_handler=on_message, cache=None,
+                             elicitation_callback=self.elicitation,
                              client_info=types.Implementation(name="mcp-hub", version=__version__))
             yield await stack.enter_async_context(session)
 

@@ -100,3 +100,15 @@ async def test_unknown_routes_and_methods(api: httpx2.AsyncClient) -> None:
     body = assert_error(await api.get("/v1/servers/test/prob"), 404, "server_not_found")
     assert "test/probe" in body["message"]
     assert_error(await api.get("/v1/servers/test/probe", params={"version": "^9"}), 400, "version_not_found")
+
+
+async def test_unreachable_server_is_an_error_record(api: httpx2.AsyncClient) -> None:
+    from .conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/mcp"  # nothing listens there
+    response = await api.post("/v1/tools/call", json={"server": url, "tool": "echo"})
+    assert response.status_code == 200
+    record = response.json()
+    assert record["is_error"] is True and record["error_code"] == "connect_failed"
+    assert record["mcp_server_errors"][url]["code"] == "connect_failed"
+    assert record["mcp_server_errors"][url]["recommendation"]

@@ -7,6 +7,14 @@ through a real `Hub` with a `{"url": ...}` target, exactly as a request naming t
 URL would: `Opener` connects, `ManagedSession` handshakes and lists tools, and the
 `Executor` calls tools. So the runner's checks judge the hub, not a hand-written client.
 
+What this script adds are the two seams a deployment fills in, standing in for the end
+user the conformance scenarios assume: an elicitation callback that accepts with the
+schema's defaults, and a headless OAuth user agent that opens the authorization URL
+and reads the code from the redirect (the scenarios' authorization servers approve at
+once). `auth/*` scenarios name the server as `{"url": ..., "oauth": true}`; when the
+scenario hands over a pre-registered client (`MCP_CONFORMANCE_CONTEXT`), the server is
+a registry entry whose `oauth.connection` takes it from the request's credentials.
+
 Exit status: 0 when the hub reported every step as succeeded, 1 otherwise. In suite
 mode the runner judges only its own checks (`checks.json`); the exit status and the
 JSON lines printed here land in `stdout.txt` for diagnosis.
@@ -22,14 +30,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import mcp.types as types
+    from mcp.client.context import ClientRequestContext
+    from mcp.shared.auth import AuthorizationCodeResult
+
+    from mcp_hub.credentials import Credential
     from mcp_hub.executor import ToolResult
     from mcp_hub.hub import Hub, Servers
 
 ROOT = Path(__file__).resolve().parents[2]
-
-# The hub's upstream client has no OAuth support (see expected-failures.yml). Such
-# scenarios end before the hub is even imported, which keeps a parallel suite run cheap.
-UNSUPPORTED_PREFIXES = {"auth/": "the hub's upstream client has no OAuth 2.1 flow (static credential headers only)"}
+# The client ID metadata document URL the CIMD scenario expects a client to present.
+CLIENT_METADATA_URL = "https://conformance-test.local/client-metadata.json"
+OAUTH_SLUG = "conformance/oauth-server"
 
 
 def report(event: str, **fields: Any) -> None:
@@ -37,9 +49,10 @@ def report(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, **fields}, default=str), flush=True)
 
 
-async def connect(hub: Hub, url: str) -> tuple[Servers, list[str]]:
-    """Open the URL as a request would, and list its tools (initialize + tools/list)."""
-    servers = hub.open_servers({"url": url})
+async def connect(hub: Hub, url: str, spec: Any = None,
+                  credentials: list[Credential] | None = None) -> tuple[Servers, list[str]]:
+    """Open the server as a request would, and list its tools (initialize + tools/list)."""
+    servers = hub.open_servers(spec or {"url": url}, credentials or [])
     tools = await hub.list_tools(servers)
     if servers.errors:
         report("connect_failed", errors=servers.error_entries())
@@ -81,6 +94,23 @@ async def call_every_tool(hub: Hub, url: str) -> bool:
     return not any(result.is_error for result in results)
 
 
+async def oauth_flow(hub: Hub, url: str) -> bool:
+    """An OAuth-protected server: connect (authorizing on the 401), then call its first tool."""
+    context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
+    if "client_id" in context:  # a pre-registered client, handed over as a request credential
+        from mcp_hub.credentials import Credential
+
+        values = {key: context[key] for key in ("client_id", "client_secret") if key in context}
+        credentials = [Credential(connection_name="oauth-client", values=values)]
+        servers, names = await connect(hub, url, {"slug": OAUTH_SLUG, "name": url}, credentials)
+    else:
+        servers, names = await connect(hub, url, {"url": url, "oauth": True, "name": url})
+    if servers.errors or not names:
+        return False
+    result = await call(hub, servers, url, names[0], {})
+    return not result.is_error
+
+
 SCENARIOS = {
     "initialize": initialize,
     "tools_call": tools_call,
@@ -89,16 +119,59 @@ SCENARIOS = {
 }
 
 
+async def accept_with_defaults(context: ClientRequestContext,
+                               params: types.ElicitRequestParams) -> types.ElicitResult:
+    """The stand-in end user: accept a form elicitation with each field's schema default (SEP-1034)."""
+    import mcp.types as types
+
+    schema = params.requested_schema if isinstance(params, types.ElicitRequestFormParams) else {}
+    defaults = {name: prop["default"] for name, prop in schema.get("properties", {}).items() if "default" in prop}
+    return types.ElicitResult(action="accept", content=defaults)
+
+
+class HeadlessUserAgent:
+    """The stand-in user of the authorization-code flow: open the URL, read code and state off the redirect."""
+
+    async def authorize(self, authorization_url: str) -> AuthorizationCodeResult:
+        from urllib.parse import parse_qs, urlsplit
+
+        import httpx2
+        from mcp.shared.auth import AuthorizationCodeResult
+
+        async with httpx2.AsyncClient(follow_redirects=False, timeout=10) as client:
+            response = await client.get(authorization_url)
+        location = response.headers.get("location")
+        if not response.is_redirect or not location:
+            raise RuntimeError(f"authorization endpoint answered {response.status_code} without a redirect")
+        query = {key: values[0] for key, values in parse_qs(urlsplit(location).query).items()}
+        if "code" not in query:
+            raise RuntimeError(f"authorization redirect carries no code: {query.get('error', 'no error given')}")
+        return AuthorizationCodeResult(code=query["code"], state=query.get("state"), iss=query.get("iss"))
+
+
+def registry(url: str) -> Any:
+    """One OAuth server entry whose pre-registered client arrives as the `oauth-client` credential."""
+    from mcp_hub.registry import Registry
+
+    connection = {"fields": ["client_id", "client_secret"], "required": True}
+    version = {"url": url, "oauth": {"connection": "oauth-client"}}
+    raw = {"servers": {OAUTH_SLUG: {"connections": {"oauth-client": connection}, "versions": {"1.0.0": version}}}}
+    return Registry.from_data(raw, root=ROOT)
+
+
 async def run(scenario: str, url: str) -> bool:
     from mcp_hub.hub import Hub
-    from mcp_hub.registry import Registry
+    from mcp_hub.oauth import ClientIdentity
     from mcp_hub.settings import Settings
 
     # A scenario this script does not know still gets an honest try: connect and list tools.
-    perform = SCENARIOS.get(scenario, initialize)
+    perform = oauth_flow if scenario.startswith("auth/") else SCENARIOS.get(scenario, initialize)
     with tempfile.TemporaryDirectory(prefix="mcp-hub-conformance-") as data_dir:
         settings = Settings.load(data_dir=Path(data_dir), connect_timeout=15, call_timeout=20)
-        async with Hub(settings, Registry({}, root=ROOT)) as hub:
+        identity = ClientIdentity(client_name="mcp-hub", redirect_uri="http://localhost:3000/callback",
+                                  client_metadata_url=CLIENT_METADATA_URL)
+        async with Hub(settings, registry(url), oauth_identity=identity, user_agent=HeadlessUserAgent(),
+                       elicitation=accept_with_defaults) as hub:
             return await perform(hub, url)
 
 
@@ -106,10 +179,6 @@ def main() -> int:
     scenario = os.environ.get("MCP_CONFORMANCE_SCENARIO", "")
     url = sys.argv[-1]
     report("start", scenario=scenario, url=url)
-    for prefix, reason in UNSUPPORTED_PREFIXES.items():
-        if scenario.startswith(prefix):
-            report("unsupported", scenario=scenario, reason=reason)
-            return 1
     if str(ROOT) not in sys.path:  # run as a script by the runner: make the checkout importable
         sys.path.insert(0, str(ROOT))
     import anyio

@@ -32,6 +32,17 @@ REQUIRED = {
     "initialize": {"mcp-client-initialization"},
     "tools_call": {"tool-add-numbers"},
     "sse-retry": {"client-sse-graceful-reconnect", "client-sse-last-event-id", "client-sse-retry-timing"},
+    "elicitation-sep1034-client-defaults": {f"client-elicitation-sep1034-{kind}-default"
+                                            for kind in ("string", "integer", "number", "enum", "boolean")},
+    # OAuth: the hub discovered, registered, authorized with PKCE, and then used the token.
+    "auth/metadata-default": {"prm-pathbased-requested", "authorization-server-metadata", "client-registration",
+                              "pkce-verifier-matches-challenge", "valid-bearer-token"},
+    "auth/basic-cimd": {"cimd-client-id-used", "valid-bearer-token"},
+    "auth/scope-step-up": {"scope-step-up-initial", "scope-step-up-escalation"},
+    "auth/scope-retry-limit": {"scope-retry-limit"},
+    "auth/token-endpoint-auth-post": {"token-endpoint-auth-method", "resource-parameter-consistency"},
+    "auth/pre-registration": {"pre-registration-auth", "valid-bearer-token"},
+    "auth/resource-mismatch": {"resource-mismatch-rejected"},
 }
 _TIMESTAMP = re.compile(r"-\d{4}-\d{2}-\d{2}T[\d-]+Z$")
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 from mcp import Client
-
 from mcp_hub_servers.calc.expression import CalcError, evaluate
 from mcp_hub_servers.calc.server import build_server
+
 from tests.servers.conftest import StdioCall, data, error_text
 
 

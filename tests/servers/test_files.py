@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from mcp import Client
-
 from mcp_hub_servers.files.__main__ import SAMPLE_ROOT
 from mcp_hub_servers.files.server import build_server
+
 from tests.servers.conftest import StdioCall, data, error_text, everything_said
 
 SECRET = "TOP-SECRET-OUTSIDE-THE-ROOT"

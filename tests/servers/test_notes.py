@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from mcp import Client
 from mcp.types import CallToolResult
-
 from mcp_hub_servers.notes.server import build_server
+
 from tests.servers.conftest import StdioCall, data, error_text, everything_said
 
 TOKEN_A = "tok-alice-7f3a9c2e51d04b6e"

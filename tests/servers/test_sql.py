@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from mcp import Client
-
 from mcp_hub_servers.sql.database import ReadOnlyDatabase
 from mcp_hub_servers.sql.server import build_server
+
 from tests.servers.conftest import StdioCall, data, error_text
 
 WRITES = [

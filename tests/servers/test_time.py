@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
-
 from mcp_hub_servers.time.server import build_server
+
 from tests.servers.conftest import StdioCall, data, error_text
 
 # 2025-03-30 00:30 UTC: Europe switches to summer time 30 minutes later.
