@@ -27,7 +27,6 @@ from mcp.client.session import ElicitationFnT, MessageHandlerFnT
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.message import SessionMessage
 
 from . import __version__
 from .credentials import Binding
@@ -52,34 +51,102 @@ class SharedTransport(httpx2.AsyncBaseTransport):
         self._inner = inner
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        return await self._inner.handle_async_request(request)
+        response = await self._inner.handle_async_request(request)
+        if request.method == "POST" and response.headers.get("content-type", "").startswith("text/event-stream"):
+            response.stream = _DrainOnClose(response.stream)  # type: ignore[arg-type]
+        return response
 
     async def aclose(self) -> None:
         """The hub closes the inner transport itself, once, at shutdown."""
 
 
+class _EofWatch:
+    """A transport's read stream that sets `closed` when it ends (the child exited, the peer closed).
+
+    A thin wrapper rather than a pump task: no extra task switch or buffer per message.
+    """
+
+    def __init__(self, inner: Any, closed: anyio.Event) -> None:
+        self._inner = inner
+        self._closed = closed
+
+    async def receive(self) -> Any:
+        try:
+            return await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._closed.set()
+            raise
+
+    def __aiter__(self) -> _EofWatch:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _EofWatch:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._inner, "last_context", None)
+
+
 @asynccontextmanager
 async def _watch_eof(transport: Any, closed: anyio.Event) -> AsyncIterator[Any]:
-    """Pass a transport through, setting `closed` when its read side ends (the child exited)."""
+    """Pass a transport through, setting `closed` when its read side ends."""
     async with transport as (read, write):
-        send, receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+        try:
+            yield _EofWatch(read, closed), write
+        finally:
+            closed.set()
 
-        async def pump() -> None:
-            try:
-                async with send:
-                    async for message in read:
-                        await send.send(message)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
-            finally:
-                closed.set()
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(pump)
+class _DrainOnClose(httpx2.AsyncByteStream):
+    """Finishes reading a short response body on close, so its keep-alive connection is reused.
+
+    The SDK closes a POST's event stream as soon as the JSON-RPC response arrives, a few
+    bytes before the body ends; httpcore then drops the connection, and every call would
+    open a new one (and leave a socket in TIME_WAIT). The caller already has its answer,
+    so the bounded drain adds no latency to it.
+    """
+
+    def __init__(self, inner: httpx2.AsyncByteStream) -> None:
+        self._inner = inner
+        self._chunks = inner.__aiter__()
+        self._done = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
             try:
-                yield receive, write
-            finally:
-                tg.cancel_scope.cancel()
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                self._done = True
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            if not self._done:
+                with anyio.move_on_after(0.05):
+                    seen = 0
+                    while seen < 65536:
+                        seen += len(await self._chunks.__anext__())
+        except StopAsyncIteration:
+            self._done = True
+        except Exception:  # boundary: a failed drain only costs the connection
+            pass
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._inner.aclose()
 
 
 def _auth_required(exc: BaseException) -> AuthRequired | None:
