@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,14 +15,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from . import __version__
-from .errors import CredentialError, HubError, RequestError, ResolutionError, ServerError, TooLarge
+from .bodies import json_body
+from .chat_api import chat_completions, list_models
+from .errors import CredentialError, HubError, RequestError, ResolutionError, ServerError
 from .hub import Hub, parse_credentials
 from .registry import Entry, Registry
 from .settings import Settings
 from .views import entry_detail, entry_summary, tool_view
 
 log = logging.getLogger("mcp_hub")
-MAX_BODY = 4 * 1024 * 1024
 
 
 class ToolCallBody(BaseModel):
@@ -39,21 +39,6 @@ class ToolCallBody(BaseModel):
 
 def _hub(request: Request) -> Hub:
     return request.state.hub
-
-
-async def _json_body(request: Request) -> Any:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise TooLarge(f"request body exceeds {MAX_BODY} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise TooLarge(f"request body exceeds {MAX_BODY} bytes")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise RequestError("request body is not valid JSON", code="invalid_json") from None
 
 
 def _validate(model: type[BaseModel], data: Any) -> Any:
@@ -102,7 +87,7 @@ async def get_server(request: Request) -> JSONResponse:
 
 async def call_tool(request: Request) -> JSONResponse:
     hub = _hub(request)
-    body: ToolCallBody = _validate(ToolCallBody, await _json_body(request))
+    body: ToolCallBody = _validate(ToolCallBody, await json_body(request))
     credentials = parse_credentials(body.credentials)
     result, servers = await hub.call_tool(body.server, body.tool, body.arguments, credentials)
     for error in servers.errors.values():
@@ -140,6 +125,8 @@ ROUTES = [
     Route("/v1/servers", list_servers, methods=["GET"]),
     Route("/v1/servers/{org}/{name}", get_server, methods=["GET"]),
     Route("/v1/tools/call", call_tool, methods=["POST"]),
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
 ]
 
 

@@ -6,7 +6,12 @@
     ├── ConfigError                bad settings or registry file (start-up only)
     ├── RequestError (400)         the caller's input is malformed
     │   ├── NotFound (404)         a route object (server, record) does not exist
-    │   └── TooLarge (413)         the request body is over the limit
+    │   ├── TooLarge (413)         the request body is over the limit
+    │   └── IdempotencyConflict (422) an Idempotency-Key reused for another body
+    ├── ProviderError (502)        the model provider failed (provider_error);
+    │   │                          `retryable` drives fallback to the next model
+    │   ├── ProviderTimeout (504)  provider_timeout
+    │   └── ProviderRateLimited (429) provider_rate_limited
     └── ServerError                one MCP server cannot serve; becomes an
         │                          `mcp_server_errors` entry, never an HTTP 5xx
         ├── ResolutionError        the spec names nothing we can reach
@@ -74,6 +79,44 @@ class TooLarge(RequestError):
 
     status = 413
     code = "body_too_large"
+
+
+class IdempotencyConflict(RequestError):
+    """An Idempotency-Key was reused with a different request (HTTP 422: SDKs do not retry it)."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
+class ProviderError(HubError):
+    """A model provider failed. Never carries upstream credentials or raw upstream bodies."""
+
+    status = 502
+    code = "provider_error"
+    type = "api_error"
+
+    def __init__(self, message: str, *, provider: str, retryable: bool = False, upstream_status: int | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.provider = provider
+        self.retryable = retryable
+        self.upstream_status = upstream_status
+
+
+class ProviderTimeout(ProviderError):
+    """The provider did not answer in time (retryable)."""
+
+    status = 504
+    code = "provider_timeout"
+
+
+class ProviderRateLimited(ProviderError):
+    """The provider answered 429 (retryable); `retry_after` in seconds when it said."""
+
+    status = 429
+    code = "provider_rate_limited"
+    type = "rate_limit_error"
+    retry_after: float | None = None
 
 
 class ServerError(HubError):

@@ -22,8 +22,10 @@ from pydantic import TypeAdapter, ValidationError
 from .credentials import Credential, bind
 from .errors import NotFound, RequestError, ServerError
 from .executor import Batch, Executor, ToolCall, ToolResult
+from .idempotency import IdempotencyStore
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
 from .pool import SessionPool
+from .providers import ProviderSet
 from .registry import Entry, Registry
 from .resolution import resolve
 from .sessions import ManagedSession
@@ -71,9 +73,17 @@ class Hub:
         self._oauth_identity = oauth_identity
         self._user_agent = user_agent
         self._elicitation = elicitation
+        self.idempotency = IdempotencyStore(ttl=settings.idempotency_ttl)
         self._http: httpx2.AsyncHTTPTransport | None = None
+        self._providers: ProviderSet | None = None
         self._oauth: OAuthBroker | None = None
         self._pool: SessionPool | None = None
+
+    @property
+    def providers(self) -> ProviderSet:
+        if self._providers is None:
+            raise RuntimeError("the hub is not running")
+        return self._providers
 
     @property
     def pool(self) -> SessionPool:
@@ -85,6 +95,7 @@ class Hub:
         data_dir = self.settings.data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self._http = httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50))
+        self._providers = ProviderSet(self.settings, self._http)
         self._oauth = OAuthBroker(self._oauth_identity, user_agent=self._user_agent)
         opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root, http=self._http,
                         http_timeout=self.settings.connect_timeout, oauth=self._oauth, elicitation=self._elicitation)
@@ -104,6 +115,9 @@ class Hub:
         finally:
             self._pool = None
             self._oauth = None  # the tokens die with the hub
+            if self._providers is not None:
+                await self._providers.aclose()
+                self._providers = None
             if self._http is not None:
                 await self._http.aclose()
                 self._http = None

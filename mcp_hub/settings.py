@@ -8,10 +8,11 @@ then the defaults below. Nothing else in the hub reads `os.environ`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +22,31 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+
+PROVIDER_PREFIX = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+class ProviderConfig(BaseModel):
+    """One model provider declared in configuration, reached as `<prefix>/<model>`.
+
+    `api_key_env` names the environment variable holding its key (optional: local servers
+    such as Ollama need none); `Settings` reads it once and stores the value in `api_key`.
+    `api` is the wire format: any OpenAI-compatible chat completions API, or Anthropic Messages.
+    `models` are names to list in `GET /v1/models` instead of asking the provider.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(min_length=1)
+    api: Literal["openai", "anthropic"] = "openai"
+    api_key_env: str | None = None
+    api_key: SecretStr | None = None
+    models: list[str] = Field(default_factory=list)
+
+
+def _env_alias(field: str, *plain: str) -> AliasChoices:
+    """Read a field from its `MCP_HUB_*` name, then the provider's own variable names."""
+    return AliasChoices(field, f"MCP_HUB_{field.upper()}", *plain)
 
 
 class Settings(BaseSettings):
@@ -45,7 +71,41 @@ class Settings(BaseSettings):
     restart_backoff_max: float = Field(30.0, ge=0)
     prewarm: bool = Field(False, description="Start every hosted server's latest version at start-up.")
 
+    # Model providers (`provider/model` in chat completions). The built-in ones also read the
+    # providers' usual variable names, so an existing OPENAI_API_KEY just works.
+    openai_base_url: str = Field("https://api.openai.com/v1", validation_alias=_env_alias("openai_base_url", "OPENAI_BASE_URL"))
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env_alias("openai_api_key", "OPENAI_API_KEY"))
+    anthropic_base_url: str = Field("https://api.anthropic.com",
+                                    validation_alias=_env_alias("anthropic_base_url", "ANTHROPIC_BASE_URL"))
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias=_env_alias("anthropic_api_key", "ANTHROPIC_API_KEY"))
+    providers: dict[str, ProviderConfig] = Field(
+        default_factory=dict, description="Further providers by prefix (JSON in MCP_HUB_PROVIDERS); may replace a built-in.")
+    default_provider: str | None = Field(None, description="Prefix for model names without one; unset: such names are a 400.")
+    provider_timeout: float = Field(120.0, gt=0, description="Seconds for one model call (streaming: until the first byte).")
+
+    # Chat completions.
+    max_turns_default: int = Field(10, ge=1, description="Model calls per request when the request sets no max_turns.")
+    max_turns_cap: int = Field(50, ge=1, description="Hard cap on a request's max_turns.")
+    tool_result_max_chars: int = Field(16_000, ge=256, description="Tool result text given to the model, at most.")
+    idempotency_ttl: float = Field(24 * 3600.0, gt=0, description="Seconds an Idempotency-Key's response is kept.")
+
     _config_file: ClassVar[Path | None] = None
+
+    @field_validator("providers")
+    @classmethod
+    def _valid_prefixes(cls, value: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+        for prefix in value:
+            if not re.match(PROVIDER_PREFIX, prefix):
+                raise ValueError(f"provider prefix {prefix!r} must match {PROVIDER_PREFIX}")
+        return value
+
+    @model_validator(mode="after")
+    def _read_provider_keys(self) -> Settings:
+        """Resolve each extra provider's `api_key_env` here, at the edge, and nowhere else."""
+        for config in self.providers.values():
+            if config.api_key is None and config.api_key_env and os.environ.get(config.api_key_env):
+                config.api_key = SecretStr(os.environ[config.api_key_env])
+        return self
 
     @field_validator("log_level")
     @classmethod

@@ -22,6 +22,7 @@ from mcp_hub.hub import Hub
 from mcp_hub.registry import Registry
 from mcp_hub.settings import Settings
 
+pytest_plugins = ["tests.model_fixtures"]
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = ROOT / "tests" / "fixtures" / "probe_server.py"
