@@ -7,14 +7,17 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from . import __version__
+from . import __version__, openapi
+from .api_models import ToolCallRequest
+from .authentication import Authentication
 from .bodies import json_body
 from .chat_api import chat_completions, list_models
 from .errors import CredentialError, HubError, RequestError, ResolutionError, ServerError
@@ -26,19 +29,12 @@ from .views import entry_detail, entry_summary, tool_view
 log = logging.getLogger("mcp_hub")
 
 
-class ToolCallBody(BaseModel):
-    """`POST /v1/tools/call`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    server: str | dict[str, Any]
-    tool: str = Field(min_length=1, max_length=256)
-    arguments: dict[str, Any] | None = None
-    credentials: Any = None
-
-
 def _hub(request: Request) -> Hub:
     return request.state.hub
+
+
+def _tenant(request: Request) -> str:
+    return request.state.principal.tenant
 
 
 def _validate(model: type[BaseModel], data: Any) -> Any:
@@ -52,8 +48,18 @@ def _validate(model: type[BaseModel], data: Any) -> Any:
         raise RequestError(f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
 
 
+async def openapi_document(request: Request) -> JSONResponse:
+    return JSONResponse(openapi.document(_hub(request).providers.prefixes))
+
+
 async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "version": __version__, **_hub(request).status()})
+
+
+async def jwks(request: Request) -> JSONResponse:
+    """The public key clients encrypt credentials to (PROTOCOL.md section 4); no auth."""
+    document = await _hub(request).keyring.jwks()
+    return JSONResponse(document, headers={"cache-control": "public, max-age=60"})
 
 
 async def list_servers(request: Request) -> JSONResponse:
@@ -74,7 +80,7 @@ async def get_server(request: Request) -> JSONResponse:
     if key is None:
         raise RequestError(f"{entry.slug} has no version matching {version!r}", code="version_not_found", param="version")
     live: dict[str, Any] = {"version": key}
-    servers = hub.open_servers({"slug": entry.slug, "version": key})
+    servers = hub.open_servers({"slug": entry.slug, "version": key}, tenant=_tenant(request))
     tools = await hub.list_tools(servers)
     if entry.slug in tools:
         live["tools"] = [tool_view(tool) for tool in tools[entry.slug]]
@@ -87,9 +93,9 @@ async def get_server(request: Request) -> JSONResponse:
 
 async def call_tool(request: Request) -> JSONResponse:
     hub = _hub(request)
-    body: ToolCallBody = _validate(ToolCallBody, await json_body(request))
+    body: ToolCallRequest = _validate(ToolCallRequest, await json_body(request))
     credentials = parse_credentials(body.credentials)
-    result, servers = await hub.call_tool(body.server, body.tool, body.arguments, credentials)
+    result, servers = await hub.call_tool(body.server, body.tool, body.arguments, credentials, tenant=_tenant(request))
     for error in servers.errors.values():
         # The caller named something that cannot be served: a 4xx. A server that could not be
         # reached is reported like any failed call: a record with `is_error` (and the server error).
@@ -114,7 +120,7 @@ async def _error_response(request: Request, exc: Exception) -> JSONResponse:
         code, kind = codes.get(exc.status_code, ("http_error", "invalid_request_error"))
         message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
         error = {"message": message, "type": kind, "param": None, "code": code}
-        return JSONResponse({"error": error, **error}, status_code=exc.status_code)
+        return JSONResponse({"error": error, **error}, status_code=exc.status_code, headers=exc.headers)
     log.error("unhandled error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
     error = {"message": "internal error", "type": "server_error", "param": None, "code": "internal_error"}
     return JSONResponse({"error": error, **error}, status_code=500)
@@ -122,6 +128,8 @@ async def _error_response(request: Request, exc: Exception) -> JSONResponse:
 
 ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/openapi.json", openapi_document, methods=["GET"]),
+    Route("/.well-known/jwks.json", jwks, methods=["GET"]),
     Route("/v1/servers", list_servers, methods=["GET"]),
     Route("/v1/servers/{org}/{name}", get_server, methods=["GET"]),
     Route("/v1/tools/call", call_tool, methods=["POST"]),
@@ -139,6 +147,6 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Starlett
         async with hub:
             yield {"hub": hub}
 
-    return Starlette(routes=ROUTES, lifespan=lifespan,
+    return Starlette(routes=ROUTES, lifespan=lifespan, middleware=[Middleware(Authentication, keys=hub.keys)],
                      exception_handlers={HubError: _error_response, HTTPException: _error_response,
                                          Exception: _error_response})

@@ -8,9 +8,9 @@ and passed through to the provider; `model` may be a string, a DedalusModel
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, WithJsonSchema, field_validator
 
 from .errors import RequestError
 
@@ -21,6 +21,54 @@ HUB_FIELDS = frozenset({
     "agent_attributes", "model_attributes", "n",
 })
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+# JSON Schemas for the OpenAPI document: what the validators below accept, said precisely.
+SLUG = r"[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*"
+SLUG_OR_URL = rf"^(https?://\S+|{SLUG}(@\S+)?)$"
+MESSAGE_SCHEMA = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {"role": {"enum": sorted(ROLES)}},
+    "if": {"properties": {"role": {"const": "tool"}}},
+    "then": {"required": ["tool_call_id"], "properties": {"tool_call_id": {"type": "string"}}},
+}
+TOOL_SCHEMA = {
+    "type": "object",
+    "required": ["type", "function"],
+    "properties": {"type": {"const": "function"},
+                   "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}},
+}
+SERVER_SCHEMA = {"anyOf": [
+    {"type": "string", "pattern": SLUG_OR_URL},
+    {"type": "object", "required": ["slug"],
+     "properties": {"slug": {"type": "string", "pattern": rf"^{SLUG}(@\S+)?$"},
+                    "name": {"type": ["string", "null"], "minLength": 1}, "version": {"type": ["string", "null"]}},
+     # `org/name@version` inside `slug` only when `version` is not given separately.
+     "if": {"required": ["version"], "properties": {"version": {"type": "string"}}},
+     "then": {"properties": {"slug": {"pattern": rf"^{SLUG}$"}}}},
+    {"type": "object", "required": ["url"], "properties": {
+        "url": {"type": "string", "pattern": r"^https?://\S+$"}, "name": {"type": ["string", "null"], "minLength": 1}}},
+]}
+CREDENTIAL_SCHEMA = {
+    "type": "object", "required": ["connection_name", "values"], "additionalProperties": False,
+    "properties": {"connection_name": {"type": "string"},
+                   "values": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}},
+}
+Message = Annotated[dict[str, Any], WithJsonSchema(MESSAGE_SCHEMA)]
+FunctionTool = Annotated[dict[str, Any], WithJsonSchema(TOOL_SCHEMA)]
+ServerItem = Annotated[str | dict[str, Any], WithJsonSchema(SERVER_SCHEMA)]
+CredentialItem = Annotated[dict[str, Any], WithJsonSchema(CREDENTIAL_SCHEMA)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, strict=True)]
+
+
+def _whole_number(value: Any) -> int:
+    """JSON integers, including `2.0`, but not booleans or numeric strings."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError("must be an integer")
+    return int(value)
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
 class ModelChoice(BaseModel):
@@ -38,29 +86,30 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str | ModelChoice | list[str | ModelChoice]
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    tools: list[dict[str, Any]] | None = None
-    stream: bool | None = None
+    messages: list[Message] = Field(min_length=1)
+    tools: list[FunctionTool] | None = None
+    stream: StrictBool | None = None
     stream_options: dict[str, Any] | None = None
+    # Any item is accepted: one that cannot be resolved is reported in `mcp_server_errors`.
     mcp_servers: str | dict[str, Any] | list[str | dict[str, Any]] | None = None
-    credentials: dict[str, Any] | list[dict[str, Any]] | None = None
-    max_turns: int | None = Field(default=None, ge=1)
-    automatic_tool_execution: bool | None = None
-    handoff_mode: bool | None = None
+    credentials: CredentialItem | list[CredentialItem] | None = None
+    max_turns: Annotated[WholeNumber, Field(ge=1), WithJsonSchema({"type": "integer", "minimum": 1})] | None = None
+    automatic_tool_execution: StrictBool | None = None
+    handoff_mode: StrictBool | None = None
     correlation_id: str | None = None
     deferred_calls: list[dict[str, Any]] | None = None
-    deferred: bool | None = None
+    deferred: StrictBool | None = None
     handoff_config: dict[str, Any] | None = None
-    agent_attributes: dict[str, float] | None = None
-    model_attributes: dict[str, dict[str, float]] | dict[str, float] | None = None
-    n: int | None = Field(default=None, ge=1, le=1)
+    agent_attributes: dict[str, Fraction] | None = None
+    model_attributes: dict[str, dict[str, Fraction]] | dict[str, Fraction] | None = None
+    n: Annotated[WholeNumber, Field(ge=1, le=1), WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 1})] | None = None
 
     @field_validator("messages")
     @classmethod
     def _messages_have_roles(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for index, message in enumerate(messages):
             role = message.get("role")
-            if role not in ROLES:
+            if not isinstance(role, str) or role not in ROLES:
                 raise ValueError(f"messages[{index}].role must be one of {sorted(ROLES)}")
             if role == "tool" and not isinstance(message.get("tool_call_id"), str):
                 raise ValueError(f"messages[{index}] (role tool) needs a string tool_call_id")
@@ -74,23 +123,6 @@ class ChatCompletionRequest(BaseModel):
             if tool.get("type") != "function" or not isinstance(function, dict) or not isinstance(function.get("name"), str):
                 raise ValueError(f"tools[{index}] must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}")
         return tools
-
-    @field_validator("agent_attributes")
-    @classmethod
-    def _unit_interval(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for key, number in (value or {}).items():
-            if not 0.0 <= number <= 1.0:
-                raise ValueError(f"agent_attributes[{key!r}] must be between 0 and 1")
-        return value
-
-    @field_validator("model_attributes")
-    @classmethod
-    def _nested_unit_interval(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        for key, item in (value or {}).items():
-            numbers = item.values() if isinstance(item, dict) else [item]
-            if any(not 0.0 <= number <= 1.0 for number in numbers):
-                raise ValueError(f"model_attributes[{key!r}] values must be between 0 and 1")
-        return value
 
     @classmethod
     def parse(cls, data: Any) -> ChatCompletionRequest:
@@ -112,7 +144,9 @@ class ChatCompletionRequest(BaseModel):
         items = self.model if isinstance(self.model, list) else [self.model]
         if not items:
             raise RequestError("model: the list of models is empty", param="model")
-        return [ModelChoice(model=item) if isinstance(item, str) else item for item in items]
+        # A bare string is checked by the provider set (an unknown or empty name is a 400 there).
+        return [ModelChoice.model_construct(model=item, settings=None) if isinstance(item, str) else item
+                for item in items]
 
     def passthrough(self, choice: ModelChoice) -> dict[str, Any]:
         """Provider parameters: the model's settings, overridden by explicit top-level fields."""

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import textwrap
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 import anyio
 
 from . import __version__
+from .apikeys import ROLES, KeyStore
+from .authentication import is_loopback
 from .credentials import Credential
 from .errors import HubError, ServerError
 from .hub import Hub
@@ -48,6 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--prewarm", action="store_true", default=None, help="start hosted servers at start-up")
 
+    serve.add_argument("--allow-unauthenticated", action="store_true", default=None,
+                       help="bind a non-loopback address although no API key exists")
+
+    keys = commands.add_parser("keys", help="manage hub API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key (printed once)")
+    _common(create)
+    create.add_argument("--tenant", required=True, help="the tenant the key belongs to")
+    create.add_argument("--name", default="", help="a label for the key")
+    create.add_argument("--role", default="member", choices=ROLES)
+    listing = key_commands.add_parser("list", help="list keys (never the keys themselves)")
+    _common(listing)
+    listing.add_argument("--json", action="store_true")
+    revoke = key_commands.add_parser("revoke", help="revoke a key by id")
+    _common(revoke)
+    revoke.add_argument("key_id")
+
     servers = commands.add_parser("servers", help="list the registry")
     _common(servers)
     servers.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -63,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("tool")
     call.add_argument("--args", default="{}", help="arguments as a JSON object")
     _creds(call)
+
+    rotate = commands.add_parser("rotate-encryption-key",
+                                 help="publish a new credential-encryption key (the old one decrypts for the grace period)")
+    _common(rotate)
     return parser
 
 
@@ -154,12 +178,56 @@ def _render_text(result: Any) -> str:
     return json.dumps(result, indent=2)
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    store = KeyStore(_settings(args).keys_path)
+    if args.keys_command == "create":
+        key, record = store.create(args.tenant, args.name, args.role)
+        print(key)
+        print(f"created key {record.id} for tenant {record.tenant!r} ({record.role}); it is shown only once",
+              file=sys.stderr)
+        return 0
+    if args.keys_command == "revoke":
+        record = store.revoke(args.key_id)
+        print(f"revoked key {record.id} of tenant {record.tenant!r}", file=sys.stderr)
+        return 0
+    records = store.list()
+    if args.json:
+        print(json.dumps([r.__dict__ for r in records], indent=2))
+        return 0
+    rows = [[r.id, r.tenant, r.name or "-", r.role, _when(r.created_at), _when(r.revoked_at) if r.revoked_at else "-"]
+            for r in records]
+    print(table(rows, ["ID", "TENANT", "NAME", "ROLE", "CREATED", "REVOKED"]))
+    return 0
+
+
+def _when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(timestamp)) if timestamp else "-"
+
+
+def cmd_rotate_encryption_key(args: argparse.Namespace) -> int:
+    """Rotate the generated key in the data folder; a running hub picks it up at its next use."""
+    from .keyring import Keyring
+
+    settings = _settings(args)
+    key = Keyring.from_settings(settings).open().rotate()
+    print(key.kid)
+    print(f"published key {key.kid}; retired keys decrypt for {settings.encryption_key_grace:g} more seconds",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
 
-    settings = _settings(args, host=args.host, port=args.port, prewarm=args.prewarm)
+    settings = _settings(args, host=args.host, port=args.port, prewarm=args.prewarm,
+                         allow_unauthenticated=args.allow_unauthenticated)
+    if not is_loopback(settings.host) and not settings.allow_unauthenticated \
+            and KeyStore(settings.keys_path).active_count() == 0:
+        raise HubError(f"refusing to serve on {settings.host} with no API key: anyone could use the hub. "
+                       "Create one with `mcp-hub keys create --tenant NAME`, bind to 127.0.0.1, "
+                       "or pass --allow-unauthenticated.", code="unauthenticated_bind")
     app = create_app(settings)
     print(f"mcp-hub {__version__}: {settings.registry} on http://{settings.host}:{settings.port}", file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on")
@@ -173,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "servers":
             return cmd_servers(args)
+        if args.command == "rotate-encryption-key":
+            return cmd_rotate_encryption_key(args)
+        if args.command == "keys":
+            return cmd_keys(args)
         return anyio.run(_tools if args.command == "tools" else _call, args)
     except ServerError as exc:
         print(f"error: {exc.message} ({exc.code}). {exc.recommendation}", file=sys.stderr)

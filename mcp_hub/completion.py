@@ -111,7 +111,7 @@ class Completion:
         request, state = self.request, self._state
         servers = self.hub.open_servers(request.mcp_servers, parse_credentials(request.credentials), tenant=self.tenant)
         catalog = ToolCatalog(await self.hub.list_tools(servers), request.tools or [])
-        messages = [dict(message) for message in request.messages]
+        messages = _attach_orphan_tool_results([dict(message) for message in request.messages], request.tools or [])
         automatic = request.automatic_tool_execution is not False
         parallel = request.passthrough(self._choices[0]).get("parallel_tool_calls") is not False
         while True:
@@ -236,6 +236,37 @@ def _arguments_object(raw: str) -> Any:
 
 def _wire_call(call: ToolCallOut) -> dict[str, Any]:
     return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _attach_orphan_tool_results(messages: list[dict[str, Any]], client_tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give every `tool` message an assistant message that asked for it (PROTOCOL.md 3, item 4).
+
+    The streaming Dedalus runner sends its local tools' results without the assistant
+    message that called them; providers reject such orphans (OpenAI: 400; Anthropic: a
+    `tool_result` without its `tool_use`). Without saved loop state (the handoff issue)
+    the call is synthesised: named after the request's only client tool when there is
+    exactly one, else a neutral placeholder, with empty arguments. Consecutive orphans
+    share one synthesised message, as parallel calls would.
+    """
+    names = [tool["function"]["name"] for tool in client_tools]
+    name = names[0] if len(names) == 1 else "client_tool"
+    asked: set[str] = set()
+    out: list[dict[str, Any]] = []
+    synthesised: dict[str, Any] | None = None
+    for message in messages:
+        role = message.get("role")
+        if role == "assistant":
+            asked |= {str(call.get("id")) for call in message.get("tool_calls") or [] if isinstance(call, dict)}
+        if role == "tool" and message["tool_call_id"] not in asked:
+            if synthesised is None:
+                synthesised = {"role": "assistant", "content": None, "tool_calls": []}
+                out.append(synthesised)
+            synthesised["tool_calls"].append(_wire_call(ToolCallOut(id=message["tool_call_id"], name=name, arguments="{}")))
+            asked.add(message["tool_call_id"])
+        else:
+            synthesised = None  # only a run of orphans shares one synthesised message
+        out.append(message)
+    return out
 
 
 def _assistant_message(content: str | None, calls: list[ToolCallOut]) -> dict[str, Any]:

@@ -17,9 +17,13 @@
         ├── ResolutionError        the spec names nothing we can reach
         │                          (server_not_found, version_not_found, invalid_spec)
         ├── CredentialError        missing_credentials
+        │   └── CredentialsInvalid credentials_invalid: an encrypted credential
+        │                          that cannot be decrypted or parsed
         ├── ConnectError           connect_failed (spawn, handshake, network)
         ├── AuthRequired (401)     auth_required: an OAuth server needs a user
         │                          to authorize the hub first
+        ├── UrlBlocked (403)       url_blocked: the egress guard refuses the URL
+        │                          (private address, metadata, cleartext credentials)
         ├── CapacityError          capacity (child/session caps reached)
         └── SessionLost            the live session died under a call
 
@@ -158,6 +162,21 @@ class CredentialError(ServerError):
     code = "missing_credentials"
 
 
+class CredentialsInvalid(CredentialError):
+    """An encrypted credential (PROTOCOL.md section 4) for this server cannot be decrypted or parsed.
+
+    Names the server and connection only: never the envelope, and never anything decrypted from it.
+    """
+
+    code = "credentials_invalid"
+    recommendation = ("Encrypt the credential again with the key published at /.well-known/jwks.json "
+                      "(the Dedalus SDK does so when `as_base_url` points at this hub).")
+
+    def __init__(self, message: str, *, server: str, connection: str) -> None:
+        super().__init__(message, server=server)
+        self.connection = connection
+
+
 class ConnectError(ServerError):
     """Spawning, handshaking with or reaching the server failed."""
 
@@ -179,6 +198,14 @@ class AuthRequired(ServerError):
         super().__init__(f"server {server!r} requires OAuth authorization", server=server,
                          recommendation=f"Open {authorization_url} to authorize the hub, then retry.")
         self.authorization_url = authorization_url
+
+
+class UrlBlocked(ServerError):
+    """The egress guard refuses a server URL (see `mcp_hub.egress`); the message names the reason."""
+
+    status = 403
+    code = "url_blocked"
+    recommendation = "Use a public https URL, or ask the hub's operator to allowlist this host."
 
 
 class CapacityError(ServerError):

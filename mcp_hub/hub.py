@@ -19,10 +19,14 @@ import mcp.types as types
 from mcp.client.session import ElicitationFnT
 from pydantic import TypeAdapter, ValidationError
 
+from .apikeys import KeyStore
 from .credentials import Credential, bind
+from .egress import EgressGuard
+from .envelopes import unseal
 from .errors import NotFound, RequestError, ServerError
 from .executor import Batch, Executor, ToolCall, ToolResult
 from .idempotency import IdempotencyStore
+from .keyring import Keyring
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
 from .pool import SessionPool
 from .providers import ProviderSet
@@ -30,7 +34,7 @@ from .registry import Entry, Registry
 from .resolution import resolve
 from .sessions import ManagedSession
 from .settings import Settings
-from .transports import Opener, decline_elicitation
+from .transports import Opener, decline_elicitation, sends_credentials
 
 _credentials_adapter = TypeAdapter(Credential | list[Credential])
 
@@ -74,16 +78,27 @@ class Hub:
         self._user_agent = user_agent
         self._elicitation = elicitation
         self.idempotency = IdempotencyStore(ttl=settings.idempotency_ttl)
+        self.keys = KeyStore(settings.keys_path)
         self._http: httpx2.AsyncHTTPTransport | None = None
         self._providers: ProviderSet | None = None
         self._oauth: OAuthBroker | None = None
         self._pool: SessionPool | None = None
+        self.egress = EgressGuard(settings.egress_allow)
+        self._egress_http: httpx2.AsyncHTTPTransport | None = None  # MCP server URLs only: guarded
+        self._keyring: Keyring | None = None
 
     @property
     def providers(self) -> ProviderSet:
         if self._providers is None:
             raise RuntimeError("the hub is not running")
         return self._providers
+
+    @property
+    def keyring(self) -> Keyring:
+        """The RSA keys for encrypted credentials (published at /.well-known/jwks.json)."""
+        if self._keyring is None:
+            raise RuntimeError("the hub is not running")
+        return self._keyring
 
     @property
     def pool(self) -> SessionPool:
@@ -94,11 +109,14 @@ class Hub:
     async def __aenter__(self) -> Hub:
         data_dir = self.settings.data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
+        self._keyring = Keyring.from_settings(self.settings, data_dir / "encryption-keys").open()
         self._http = httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50))
         self._providers = ProviderSet(self.settings, self._http)
         self._oauth = OAuthBroker(self._oauth_identity, user_agent=self._user_agent)
-        opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root, http=self._http,
-                        http_timeout=self.settings.connect_timeout, oauth=self._oauth, elicitation=self._elicitation)
+        self._egress_http = self.egress.transport(limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50))
+        opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root,
+                        http=self._egress_http, http_timeout=self.settings.connect_timeout, oauth=self._oauth,
+                        elicitation=self._elicitation, egress=self.egress)
         self._pool = SessionPool(self.settings, opener)
         await self._pool.__aenter__()
         if self.settings.prewarm:
@@ -121,6 +139,9 @@ class Hub:
             if self._http is not None:
                 await self._http.aclose()
                 self._http = None
+            if self._egress_http is not None:
+                await self._egress_http.aclose()
+                self._egress_http = None
 
     # -- resolution -------------------------------------------------------------------------
 
@@ -130,9 +151,13 @@ class Hub:
         servers = Servers(errors=dict(errors))
         for target in targets:
             try:
-                binding = bind(target.entry, target.name, credentials)
+                unsealed = unseal(target, self.keyring)  # this server's own encrypted credentials
+                binding = unsealed.apply(bind(target.entry, target.name, [*credentials, *unsealed.credentials]))
                 if self._oauth is not None:
                     binding = self._oauth.prepare(tenant, target, binding, credentials)
+                if target.version.url is not None:  # what needs no DNS fails here; the opener checks the rest
+                    self.egress.precheck(target.name, target.version.url,
+                                         credentials=sends_credentials(target, binding))
             except ServerError as exc:
                 servers.errors[target.name] = exc
                 continue

@@ -7,6 +7,11 @@ discovery from the 401 challenge, client registration (a pre-registered client, 
 ID metadata document, or dynamic registration), PKCE, scope selection and step-up, the
 RFC 8707 `resource` parameter, and token refresh.
 
+Every request those flows make (discovery, registration, token) goes out on the session's
+own HTTP client, so through the egress guard (`mcp_hub.egress`): the authorization server's
+host is resolved, checked and pinned like the MCP server's, nothing is redirected, and tokens
+and client secrets travel only over https unless the host is allowlisted.
+
 What the hub owns is around that:
 
 * **Token storage**, in memory, one record per `(tenant, server ident, credential

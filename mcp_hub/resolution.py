@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import RequestError, ResolutionError, ServerError
 from .registry import SLUG_RE, Entry, Limits, OAuth, Registry, Version, guess_transport
@@ -24,7 +24,7 @@ class ServerSpec(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: str | None = None
+    name: str | None = Field(default=None, min_length=1)
     slug: str | None = None
     url: str | None = None
     version: str | None = None

@@ -7,20 +7,23 @@ then the defaults below. Nothing else in the hub reads `os.environ`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
     YamlConfigSettingsSource,
 )
 
+from .egress import Allowlist
 from .errors import ConfigError
 
 PROVIDER_PREFIX = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
@@ -70,6 +73,11 @@ class Settings(BaseSettings):
     restart_backoff: float = Field(0.25, ge=0, description="First delay before respawning a crashed child.")
     restart_backoff_max: float = Field(30.0, ge=0)
     prewarm: bool = Field(False, description="Start every hosted server's latest version at start-up.")
+    egress_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hosts, *.domains and CIDRs that MCP server URLs may reach although "
+        "private (comma-separated or JSON in MCP_HUB_EGRESS_ALLOW); unset: only public addresses.")
+    allow_unauthenticated: bool = Field(
+        False, description="Serve on a non-loopback address although no API key exists (anyone can use the hub).")
 
     # Model providers (`provider/model` in chat completions). The built-in ones also read the
     # providers' usual variable names, so an existing OPENAI_API_KEY just works.
@@ -89,6 +97,15 @@ class Settings(BaseSettings):
     tool_result_max_chars: int = Field(16_000, ge=256, description="Tool result text given to the model, at most.")
     idempotency_ttl: float = Field(24 * 3600.0, gt=0, description="Seconds an Idempotency-Key's response is kept.")
 
+    # Encrypted credentials (PROTOCOL.md section 4): the RSA key published at /.well-known/jwks.json.
+    encryption_key_file: Path | None = Field(
+        None, description="PEM private key (RSA >= 2048 bits, unencrypted) to publish; unset: generated in data_dir/keys.")
+    encryption_key_bits: int = Field(3072, ge=2048, le=8192, description="Size of generated keys.")
+    encryption_key_max_age: float | None = Field(
+        None, gt=0, description="Seconds after which a generated key is rotated automatically; unset: only by hand.")
+    encryption_key_grace: float = Field(
+        7 * 24 * 3600.0, ge=0, description="Seconds a rotated-out key still decrypts before it is deleted.")
+
     _config_file: ClassVar[Path | None] = None
 
     @field_validator("providers")
@@ -106,6 +123,16 @@ class Settings(BaseSettings):
             if config.api_key is None and config.api_key_env and os.environ.get(config.api_key_env):
                 config.api_key = SecretStr(os.environ[config.api_key_env])
         return self
+
+    @field_validator("egress_allow", mode="before")
+    @classmethod
+    def _allow_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [part.strip() for part in text.split(",") if part.strip()]
+        if isinstance(value, list):
+            Allowlist.parse(str(item) for item in value)  # a bad entry fails at start-up, named
+        return value
 
     @field_validator("log_level")
     @classmethod
@@ -150,6 +177,16 @@ class Settings(BaseSettings):
             raise ConfigError(f"invalid settings: {exc}") from None
 
     @property
+    def keys_path(self) -> Path:
+        """The SQLite file of hub API keys."""
+        return self.data_dir / "hub.sqlite3"
+
+    @property
     def logs_dir(self) -> Path:
         """Where hosted servers' stderr goes."""
         return self.data_dir / "logs"
+
+    @property
+    def encryption_keys_dir(self) -> Path:
+        """Where generated credential-encryption keys live (owner-only; not the hub's API keys)."""
+        return self.data_dir / "encryption-keys"

@@ -6,7 +6,8 @@ except two opt-ins that carry `choices: []`: the usage chunk (only with
 `stream_options.include_tool_events`), which carry an `event` object. The
 extension fields of the completion ride on the final chunk, the one with
 `finish_reason`. A failure after the stream began is `event: error` with an
-`error` object; the stream ends with `data: [DONE]`.
+`error` object (its fields repeated at the top level, as in every error body);
+the stream ends with `data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ def sse(data: dict[str, Any] | str, event: str | None = None) -> str:
 
 
 def error_event(error: HubError) -> str:
-    body = error.to_body()
-    return sse({"error": body["error"]}, event="error")
+    # The full error body, as on an HTTP error: the openai SDK reads the nested `error`
+    # object, but the Dedalus SDK builds its exception from the event's data and reads
+    # `code`/`type`/`param` from the top level (with only `error` they came out None).
+    return sse(error.to_body(), event="error")
 
 
 class ChunkStream:

@@ -1,8 +1,10 @@
 """Opening MCP client connections for resolved targets, over stdio, streamable HTTP or SSE.
 
 `Opener` owns what every connection shares (one pooled HTTP transport, the log
-folder for hosted servers' stderr, the OAuth broker, the elicitation policy) and
-turns a target plus its credential binding into an entered `Client`. Hosted
+folder for hosted servers' stderr, the OAuth broker, the elicitation policy, the egress
+guard) and turns a target plus its credential binding into an entered `Client`. A URL
+target's host is checked and pinned before connecting (`mcp_hub.egress`), and every request
+of its session, the SDK's and the OAuth flow's alike, dials only checked addresses. Hosted
 children are launched under `setpriv --pdeathsig KILL` where available, so even a
 hub killed with SIGKILL takes them down; the SDK already runs each child in its
 own process group and kills the group on close.
@@ -30,7 +32,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 from . import __version__
 from .credentials import Binding
-from .errors import AuthRequired
+from .egress import EgressGuard, EgressSession, pinned
+from .errors import AuthRequired, ServerError, UrlBlocked
 from .oauth import OAuthBroker
 from .resolution import Target
 
@@ -45,13 +48,23 @@ async def decline_elicitation(context: ClientRequestContext, params: types.Elici
 
 
 class SharedTransport(httpx2.AsyncBaseTransport):
-    """Delegates to the hub's pooled transport and ignores `aclose`, so per-session clients can be closed freely."""
+    """Delegates to the hub's pooled transport and ignores `aclose`, so per-session clients can be closed freely.
 
-    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+    With an `EgressSession`, each request is admitted by it first (a new host is resolved,
+    checked and pinned; credentials need https) and its connection dials the pinned address.
+    """
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, egress: EgressSession | None = None) -> None:
         self._inner = inner
+        self._egress = egress
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await self._inner.handle_async_request(request)
+        if self._egress is None:
+            response = await self._inner.handle_async_request(request)
+        else:
+            await self._egress.admit(request)
+            with pinned(self._egress):
+                response = await self._inner.handle_async_request(request)
         if request.method == "POST" and response.headers.get("content-type", "").startswith("text/event-stream"):
             response.stream = _DrainOnClose(response.stream)  # type: ignore[arg-type]
         return response
@@ -149,12 +162,17 @@ class _DrainOnClose(httpx2.AsyncByteStream):
                 await self._inner.aclose()
 
 
-def _auth_required(exc: BaseException) -> AuthRequired | None:
-    """The `AuthRequired` somewhere inside (nested) exception groups, if any."""
-    if isinstance(exc, AuthRequired):
+def sends_credentials(target: Target, binding: Binding) -> bool:
+    """Whether a session to `target` carries credentials (header credentials or OAuth tokens)."""
+    return bool(binding.headers) or target.version.oauth is not None
+
+
+def _verdict(exc: BaseException) -> ServerError | None:
+    """The `AuthRequired` or `UrlBlocked` somewhere inside (nested) exception groups, if any."""
+    if isinstance(exc, AuthRequired | UrlBlocked):
         return exc
     if isinstance(exc, BaseExceptionGroup):
-        return next((found for inner in exc.exceptions if (found := _auth_required(inner)) is not None), None)
+        return next((found for inner in exc.exceptions if (found := _verdict(inner)) is not None), None)
     return None
 
 
@@ -163,11 +181,14 @@ class Opener:
 
     def __init__(self, *, logs_dir: Path, data_dir: Path, registry_root: Path, http: httpx2.AsyncBaseTransport,
                  http_timeout: float = 30.0, oauth: OAuthBroker | None = None,
-                 elicitation: ElicitationFnT = decline_elicitation) -> None:
+                 elicitation: ElicitationFnT = decline_elicitation, egress: EgressGuard | None = None) -> None:
+        """`http` should come from `egress.transport()`, so connections dial only pinned addresses."""
         self.logs_dir = logs_dir
         self.data_dir = data_dir
         self.registry_root = registry_root
+        self._inner = http
         self._http = SharedTransport(http)
+        self.egress = egress or EgressGuard()
         self._timeout = httpx2.Timeout(http_timeout, read=300.0)
         self._setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
         self.oauth = oauth or OAuthBroker()
@@ -178,9 +199,14 @@ class Opener:
         values = {"python": sys.executable, "registry_dir": str(self.registry_root), "data_dir": str(self.data_dir)}
         return re.sub(r"{(python|registry_dir|data_dir)}", lambda m: values[m.group(1)], text)
 
-    def http_client(self, headers: dict[str, str], auth: httpx2.Auth | None = None) -> httpx2.AsyncClient:
-        """A client over the shared connection pool; cheap to make (no TLS context of its own)."""
-        return httpx2.AsyncClient(transport=self._http, headers=headers, timeout=self._timeout, follow_redirects=False,
+    def http_client(self, headers: dict[str, str], auth: httpx2.Auth | None = None,
+                    egress: EgressSession | None = None) -> httpx2.AsyncClient:
+        """A client over the shared connection pool; cheap to make (no TLS context of its own).
+
+        Redirects are never followed by the client (the SDK follows same-origin ones itself).
+        """
+        transport = self._http if egress is None else SharedTransport(self._inner, egress)
+        return httpx2.AsyncClient(transport=transport, headers=headers, timeout=self._timeout, follow_redirects=False,
                                   auth=auth)
 
     def stdio_params(self, target: Target, binding: Binding) -> StdioServerParameters:
@@ -225,17 +251,18 @@ class Opener:
                    tenant: str = "default") -> AsyncIterator[Client]:
         """Connect and handshake; the caller's task must also be the one that exits this context.
 
-        An `AuthRequired` raised inside the transport (by the OAuth flow) leaves as itself,
-        not wrapped in the transport's exception group, so callers see its recommendation.
+        An `AuthRequired` (from the OAuth flow) or `UrlBlocked` (from the egress guard) raised
+        inside the transport leaves as itself, not wrapped in the transport's exception group,
+        so callers see its reason and recommendation.
         """
         try:
             async with self._open(target, binding, on_message=on_message, closed=closed, tenant=tenant) as client:
                 yield client
         except BaseExceptionGroup as group:
-            needed = _auth_required(group)
-            if needed is None:
+            verdict = _verdict(group)
+            if verdict is None:
                 raise
-            raise needed from None
+            raise verdict from None
 
     @asynccontextmanager
     async def _open(self, target: Target, binding: Binding, *, on_message: MessageHandlerFnT, closed: anyio.Event,
@@ -249,15 +276,18 @@ class Opener:
             else:
                 assert version.url is not None
                 headers = version.headers | binding.headers
+                # Resolved once and checked here; the session's connections dial what this pinned.
+                egress = await self.egress.session(target.name, version.url,
+                                                   credentials=sends_credentials(target, binding))
                 auth = self.oauth.auth(tenant, target, binding)
                 if version.kind == "sse":
                     def factory(headers: dict[str, str] | None = None, timeout: Any = None,
                                 auth: httpx2.Auth | None = None) -> httpx2.AsyncClient:
-                        return self.http_client(headers or {}, auth)
+                        return self.http_client(headers or {}, auth, egress)
 
                     transport = sse_client(version.url, headers=headers, httpx_client_factory=factory, auth=auth)
                 else:
-                    client = await stack.enter_async_context(self.http_client(headers, auth))
+                    client = await stack.enter_async_context(self.http_client(headers, auth, egress))
                     transport = streamable_http_client(version.url, http_client=client)
             # "2025-11-25" is the handshake era, which the SDK calls legacy mode.
             mode = "legacy" if version.protocol == "2025-11-25" else version.protocol

@@ -23,6 +23,10 @@ from mcp_hub.registry import Registry
 from mcp_hub.settings import Settings
 
 pytest_plugins = ["tests.model_fixtures"]
+# The suite's MCP servers listen on loopback, which the egress guard blocks by default. Every
+# hub the tests build (in this process or a child) allows it; tests/test_egress.py passes
+# `egress_allow=[]` where it checks the default.
+os.environ.setdefault("MCP_HUB_EGRESS_ALLOW", "127.0.0.0/8,::1,localhost")
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = ROOT / "tests" / "fixtures" / "probe_server.py"

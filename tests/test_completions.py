@@ -193,7 +193,7 @@ async def test_provider_timeout(tmp_path: Path, scripted_model: ScriptedModel) -
     ({**ask(), "model": []}, "model", "empty"),
     ({**ask(), "n": 2}, "n", "less than or equal to 1"),
     ({**ask(), "max_turns": 0}, "max_turns", "greater than or equal to 1"),
-    ({**ask(), "agent_attributes": {"speed": 2}}, "agent_attributes", "between 0 and 1"),
+    ({**ask(), "agent_attributes": {"speed": 2}}, "agent_attributes", "less than or equal to 1"),
     ({**ask(), "tools": [{"type": "function"}]}, "tools", "function"),
     ({**ask(), "credentials": {"values": {}}}, "credentials", "connection_name"),
 ])

@@ -167,7 +167,9 @@ async def run(scenario: str, url: str) -> bool:
     # A scenario this script does not know still gets an honest try: connect and list tools.
     perform = oauth_flow if scenario.startswith("auth/") else SCENARIOS.get(scenario, initialize)
     with tempfile.TemporaryDirectory(prefix="mcp-hub-conformance-") as data_dir:
-        settings = Settings.load(data_dir=Path(data_dir), connect_timeout=15, call_timeout=20)
+        # The scenario servers listen on localhost, which the egress guard blocks unless allowlisted.
+        settings = Settings.load(data_dir=Path(data_dir), connect_timeout=15, call_timeout=20,
+                                 egress_allow=["127.0.0.0/8", "::1", "localhost"])
         identity = ClientIdentity(client_name="mcp-hub", redirect_uri="http://localhost:3000/callback",
                                   client_metadata_url=CLIENT_METADATA_URL)
         async with Hub(settings, registry(url), oauth_identity=identity, user_agent=HeadlessUserAgent(),

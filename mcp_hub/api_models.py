@@ -1,0 +1,98 @@
+"""Pydantic models of the HTTP API's bodies: validated requests, documented responses.
+
+Response models are open objects (extension fields may be added); they exist for the
+OpenAPI document (`openapi.py`), while the handlers build their responses directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .chat_request import CredentialItem, ServerItem
+from .executor import ToolResult
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorObject(_Open):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(_Open):
+    """Every error: the OpenAI shape, repeated at the top level for the Dedalus SDK."""
+
+    error: ErrorObject
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class Health(_Open):
+    status: str
+    version: str
+    servers: int
+    sessions: int
+    hosted_children: int
+
+
+class ServerSummary(_Open):
+    slug: str
+    description: str
+    tags: list[str]
+    latest: str
+    kind: str
+    versions: list[Any]
+    connections: list[Any]
+
+
+class ServerList(_Open):
+    object: str
+    data: list[ServerSummary]
+
+
+class ServerDetail(ServerSummary):
+    limits: dict[str, Any]
+    live: dict[str, Any]
+
+
+class ToolCallRequest(BaseModel):
+    """`POST /v1/tools/call`: one server (any `mcp_servers` item form), one tool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server: ServerItem
+    tool: str = Field(min_length=1, max_length=256)
+    arguments: dict[str, Any] | None = None
+    credentials: CredentialItem | list[CredentialItem] | None = None
+
+
+class ToolRecord(ToolResult):
+    model_config = ConfigDict(extra="allow")
+
+    mcp_server_errors: dict[str, Any] | None = None
+
+
+class ChatCompletion(_Open):
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+class ModelList(_Open):
+    object: str
+    data: list[dict[str, Any]]
+
+
+class Jwks(_Open):
+    keys: list[dict[str, Any]]

@@ -1,0 +1,112 @@
+"""The OpenAPI 3.1 document of the hub's HTTP API, served at `/openapi.json`.
+
+Request bodies come from the same pydantic models the handlers validate with; the
+response schemas describe what the handlers return (open objects: extension fields
+may be added). Every route documents every status it can answer, so a fuzzer can
+hold the hub to it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel
+
+from . import __version__
+from .api_models import (
+    ChatCompletion,
+    ErrorBody,
+    Health,
+    Jwks,
+    ModelList,
+    ServerDetail,
+    ServerList,
+    ToolCallRequest,
+    ToolRecord,
+)
+from .chat_request import ChatCompletionRequest, ModelChoice
+
+_REF = "#/components/schemas/{model}"
+
+
+_MODELS: list[type[BaseModel]] = [ErrorBody, Health, ServerList, ServerDetail, ToolCallRequest, ToolRecord,
+                                  ChatCompletionRequest, ChatCompletion, ModelList, Jwks]
+_ERRORS = {
+    "400": "Malformed input", "401": "Missing or invalid API key", "404": "Not found",
+    "413": "Body too large", "422": "Idempotency-Key reused", "429": "Rate limited",
+    "502": "Model provider failed", "504": "Model provider timed out",
+}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _json(model: type[BaseModel], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _errors(*statuses: str) -> dict[str, Any]:
+    return {status: _json(ErrorBody, _ERRORS[status]) for status in statuses}
+
+
+def _components(prefixes: list[str]) -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for model in _MODELS:
+        schema = model.model_json_schema(ref_template=_REF)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    # Model names must start with a configured provider prefix.
+    pattern = "^(" + "|".join(re.escape(prefix) for prefix in prefixes) + ")/.+$"
+    named = {"type": "string", "pattern": pattern}
+    schemas["ModelChoice"]["properties"]["model"] = named
+    schemas["ChatCompletionRequest"]["properties"]["model"] = {"anyOf": [
+        named, _ref(ModelChoice), {"type": "array", "minItems": 1, "items": {"anyOf": [named, _ref(ModelChoice)]}}]}
+    return schemas
+
+
+def document(prefixes: list[str]) -> dict[str, Any]:
+    """The whole OpenAPI document; `prefixes` are the configured model providers."""
+    auth: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}, {}]
+    query = lambda name, description: {"name": name, "in": "query", "required": False,  # noqa: E731
+                                       "schema": {"type": "string"}, "description": description}
+    path = lambda name: {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}  # noqa: E731
+    chat_ok = _json(ChatCompletion)
+    # Each event's data: a chunk object, an `error` object, or the string [DONE].
+    chat_ok["content"]["text/event-stream"] = {"schema": {"anyOf": [{"type": "object"}, {"const": "[DONE]"}]}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mcp-hub", "version": __version__,
+                 "description": "Host and route MCP servers; OpenAI-compatible chat completions with server-side tools."},
+        "components": {
+            "schemas": _components(prefixes),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}},
+        },
+        "paths": {
+            "/healthz": {"get": {"operationId": "healthz", "responses": {"200": _json(Health)}}},
+            "/.well-known/jwks.json": {"get": {"operationId": "jwks", "responses": {"200": _json(Jwks)}}},
+            "/v1/servers": {"get": {"operationId": "listServers", "security": auth,
+                                    "parameters": [query("tag", "only servers with this tag")],
+                                    "responses": {"200": _json(ServerList), **_errors("400", "401")}}},
+            "/v1/servers/{org}/{name}": {"get": {
+                "operationId": "getServer", "security": auth,
+                "parameters": [path("org"), path("name"), query("version", "exact version or semver range")],
+                "responses": {"200": _json(ServerDetail), **_errors("400", "401", "404")}}},
+            "/v1/tools/call": {"post": {
+                "operationId": "callTool", "security": auth,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(ToolCallRequest)}}},
+                "responses": {"200": _json(ToolRecord), **_errors("400", "401", "404", "413", "429")}}},
+            "/v1/chat/completions": {"post": {
+                "operationId": "createChatCompletion", "security": auth,
+                "description": "An OpenAI-compatible chat completion whose MCP tool calls run in the hub. "
+                               "An `Idempotency-Key` header makes a retry return the first response; "
+                               "the same key with another body is a 422.",
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": _ref(ChatCompletionRequest)}}},
+                "responses": {"200": chat_ok, **_errors("400", "401", "404", "413", "422", "429", "502", "504")}}},
+            "/v1/models": {"get": {"operationId": "listModels", "security": auth,
+                                   "responses": {"200": _json(ModelList), **_errors("401")}}},
+        },
+    }
