@@ -22,6 +22,7 @@ from .bodies import json_body
 from .chat_api import chat_completions, list_models
 from .errors import CredentialError, HubError, RequestError, ResolutionError, ServerError
 from .hub import Hub, parse_credentials
+from .ratelimit import RateLimiting
 from .registry import Entry, Registry
 from .settings import Settings
 from .views import entry_detail, entry_summary, tool_view
@@ -93,7 +94,7 @@ async def get_server(request: Request) -> JSONResponse:
 
 async def call_tool(request: Request) -> JSONResponse:
     hub = _hub(request)
-    body: ToolCallRequest = _validate(ToolCallRequest, await json_body(request))
+    body: ToolCallRequest = _validate(ToolCallRequest, await json_body(request, hub.settings.max_body_bytes))
     credentials = parse_credentials(body.credentials)
     result, servers = await hub.call_tool(body.server, body.tool, body.arguments, credentials, tenant=_tenant(request))
     for error in servers.errors.values():
@@ -114,7 +115,7 @@ async def _error_response(request: Request, exc: Exception) -> JSONResponse:
         body["recommendation"] = exc.recommendation
         return JSONResponse(body, status_code=exc.status)
     if isinstance(exc, HubError):
-        return JSONResponse(exc.to_body(), status_code=exc.status)
+        return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
     if isinstance(exc, HTTPException):
         codes = {404: ("not_found", "invalid_request_error"), 405: ("method_not_allowed", "invalid_request_error")}
         code, kind = codes.get(exc.status_code, ("http_error", "invalid_request_error"))
@@ -147,6 +148,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Starlett
         async with hub:
             yield {"hub": hub}
 
-    return Starlette(routes=ROUTES, lifespan=lifespan, middleware=[Middleware(Authentication, keys=hub.keys)],
+    # Authentication first: the rate limit counts per API key.
+    middleware = [Middleware(Authentication, keys=hub.keys), Middleware(RateLimiting, limiter=lambda: hub.limiter)]
+    return Starlette(routes=ROUTES, lifespan=lifespan, middleware=middleware,
                      exception_handlers={HubError: _error_response, HTTPException: _error_response,
                                          Exception: _error_response})

@@ -1,4 +1,7 @@
-"""Reading request bodies at the HTTP edge: size-capped, JSON-decoded, errors in the hub's shape."""
+"""Reading request bodies at the HTTP edge: size-capped, JSON-decoded, errors in the hub's shape.
+
+The cap is the `max_body_bytes` setting (default 4 MiB), passed in by each handler.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +12,21 @@ from starlette.requests import Request
 
 from .errors import RequestError, TooLarge
 
-MAX_BODY = 4 * 1024 * 1024
+
+def _too_large(limit: int) -> TooLarge:
+    return TooLarge(f"request body exceeds {limit} bytes (max_body_bytes)")
 
 
-async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refused past `limit` bytes without reading it all."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"request body exceeds {limit} bytes")
+        raise _too_large(limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise TooLarge(f"request body exceeds {limit} bytes")
+            raise _too_large(limit)
     return bytes(body)
 
 
@@ -32,5 +37,5 @@ def decode_json(raw: bytes) -> Any:
         raise RequestError("request body is not valid JSON", code="invalid_json") from None
 
 
-async def json_body(request: Request) -> Any:
-    return decode_json(await read_body(request))
+async def json_body(request: Request, limit: int) -> Any:
+    return decode_json(await read_body(request, limit))

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .bodies import decode_json, read_body
 from .chat_request import ChatCompletionRequest
-from .completion import Completion, Finished
-from .errors import HubError
+from .completion import Completion, Event, Finished, ToolActivity
+from .errors import HubError, RequestTimeout
 from .hub import Hub
 from .idempotency import StoredResponse, fingerprint
+from .limits import check_client_tools, check_servers
 from .streaming import ChunkStream
 
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -39,34 +42,29 @@ def _replay(stored: StoredResponse) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     hub: Hub = request.state.hub
-    raw = await read_body(request)
+    settings = hub.settings
+    raw = await read_body(request, settings.max_body_bytes)
     chat = ChatCompletionRequest.parse(decode_json(raw))
-    tenant = "default"
+    check_servers(chat.mcp_servers, settings.max_servers_per_request)
+    check_client_tools(chat.tools, settings.max_tools_per_request)
+    tenant = request.state.principal.tenant
     key = request.headers.get("idempotency-key")
     if key:
         stored = await hub.idempotency.claim(tenant, key, fingerprint(raw))
         if stored is not None:
             return _replay(stored)
-    try:
+    with _settled(hub, None, tenant, key):
         completion = Completion(hub, chat, tenant=tenant, provider_key=_provider_key(request))
-    except HubError:
-        if key:
-            hub.idempotency.abandon(tenant, key)
-        raise
+    # The time budget covers every turn and tool call, not reading the body.
+    events = within_budget(completion.events(), anyio.current_time() + settings.request_timeout,
+                           settings.request_timeout)
     if chat.stream:
-        return await _stream(hub, completion, tenant, key)
-    try:
-        final: Finished | None = None
-        async for event in completion.events():
+        return await _stream(hub, completion, events, tenant, key)
+    final: Finished | None = None
+    with _settled(hub, completion, tenant, key):
+        async for event in events:
             if isinstance(event, Finished):
                 final = event
-    except HubError as exc:
-        _settle_failure(hub, completion, tenant, key, exc)
-        raise
-    except BaseException:
-        if key:
-            hub.idempotency.abandon(tenant, key)
-        raise
     assert final is not None
     body = json.dumps(final.body, separators=(",", ":"), ensure_ascii=False).encode()
     if key:
@@ -74,28 +72,63 @@ async def chat_completions(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-def _settle_failure(hub: Hub, completion: Completion, tenant: str, key: str | None, exc: HubError) -> None:
-    """A failed attempt is kept only when MCP tools already ran (a retry must not run them again)."""
-    if not key:
-        return
-    if completion.tools_ran:
-        body = json.dumps(exc.to_body()).encode()
-        hub.idempotency.complete(tenant, key, StoredResponse(status=exc.status, body=body))
-    else:
-        hub.idempotency.abandon(tenant, key)
+async def within_budget(events: AsyncIterator[Event], deadline: float, budget: float) -> AsyncIterator[Event]:
+    """`events`, raising `RequestTimeout` once `deadline` (anyio clock) has passed.
+
+    The deadline applies to each wait for the next event, never across a `yield`: a cancel
+    scope left open while suspended would cancel whatever the consumer awaits meanwhile.
+    """
+    executed: list[str] = []
+    while True:
+        with anyio.CancelScope(deadline=deadline) as scope:
+            try:
+                event = await anext(events)
+            except StopAsyncIteration:
+                return
+        if scope.cancelled_caught:
+            await _close(events)
+            done = f"; {len(executed)} MCP tool call(s) had completed: {', '.join(executed)}" if executed else \
+                "; no MCP tool had completed"
+            raise RequestTimeout(f"the request exceeded its time budget of {budget:g} s (request_timeout){done}",
+                                 tools_executed=executed)
+        if isinstance(event, ToolActivity) and event.type != "tool_call.started":
+            executed.append(event.tool)
+        yield event
 
 
-async def _stream(hub: Hub, completion: Completion, tenant: str, key: str | None) -> Response:
-    events = completion.events()
+async def _close(events: AsyncIterator[Event]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        with anyio.CancelScope(shield=True):
+            await aclose()
+
+
+@contextlib.contextmanager
+def _settled(hub: Hub, completion: Completion | None, tenant: str, key: str | None) -> Iterator[None]:
+    """Settle the Idempotency-Key of a failing attempt.
+
+    A failure is kept only when MCP tools already ran (a retry must not run them again);
+    otherwise, and on cancellation, the key is released so that a retry runs afresh.
+    """
     try:
-        first = await anext(events)  # failures before the first event are ordinary HTTP errors
+        yield
     except HubError as exc:
-        _settle_failure(hub, completion, tenant, key, exc)
+        if key and completion is not None and completion.tools_ran:
+            body = json.dumps(exc.to_body()).encode()
+            hub.idempotency.complete(tenant, key, StoredResponse(status=exc.status, body=body))
+        elif key:
+            hub.idempotency.abandon(tenant, key)
         raise
     except BaseException:
         if key:
             hub.idempotency.abandon(tenant, key)
         raise
+
+
+async def _stream(hub: Hub, completion: Completion, events: AsyncIterator[Event], tenant: str,
+                  key: str | None) -> Response:
+    with _settled(hub, completion, tenant, key):
+        first = await anext(events)  # failures before the first event are ordinary HTTP errors
 
     async def with_first() -> AsyncIterator[Any]:
         yield first

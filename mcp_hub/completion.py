@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +32,10 @@ from .chat_request import ChatCompletionRequest, ModelChoice
 from .errors import ProviderError
 from .executor import ToolCall, ToolResult
 from .hub import Hub, Servers, parse_credentials
+from .limits import check_tool_count
 from .providers.base import ChatRequest, ChatResult, ToolCallOut, Usage
 from .rendering import render_for_model
+from .scrubbing import Scrubber, TextStream
 
 
 @dataclass
@@ -96,6 +99,7 @@ class Completion:
         settings = hub.settings
         self.max_turns = min(request.max_turns or settings.max_turns_default, settings.max_turns_cap)
         self._state = _State(model=self._choices[0].model)
+        self._scrubber = Scrubber()  # the request's secrets, known once its servers are bound
 
     @property
     def tools_ran(self) -> bool:
@@ -108,9 +112,42 @@ class Completion:
         return self._state.model
 
     async def events(self) -> AsyncIterator[Event]:
+        """The loop's events with the request's secrets scrubbed.
+
+        Tool results are scrubbed by the executor; this covers what the model says: it may
+        repeat a credential (the user pasted it) in its content or in tool-call arguments
+        that reach the caller (client calls, `unexecuted_tool_calls`). Streamed text goes
+        through a `TextStream`, so a secret split across deltas is caught too.
+        """
+        text = TextStream(self._scrubber)
+        async with aclosing(self._events()) as events:
+            async for event in events:
+                if text.scrubber is not self._scrubber:  # the servers are bound: their secrets are known
+                    text = TextStream(self._scrubber)
+                if isinstance(event, Text):
+                    if piece := text.feed(event.text):
+                        yield Text(piece)
+                    continue
+                if rest := text.flush():
+                    yield Text(rest)
+                if isinstance(event, Finished):
+                    event = Finished(self._scrubber.value(event.body))
+                yield event
+        if rest := text.flush():
+            yield Text(rest)
+
+    async def _events(self) -> AsyncGenerator[Event, None]:
         request, state = self.request, self._state
-        servers = self.hub.open_servers(request.mcp_servers, parse_credentials(request.credentials), tenant=self.tenant)
-        catalog = ToolCatalog(await self.hub.list_tools(servers), request.tools or [])
+        credentials = parse_credentials(request.credentials)
+        servers = self.hub.open_servers(request.mcp_servers, credentials, tenant=self.tenant)
+        secrets = [secret for session in servers.sessions.values() for secret in session.binding.secrets()]
+        secrets += [value.get_secret_value() for credential in credentials for value in credential.values.values()]
+        if self.provider_key is not None:
+            secrets.append(self.provider_key.get_secret_value())
+        self._scrubber = Scrubber(secrets)
+        mcp_tools = await self.hub.list_tools(servers)
+        check_tool_count(mcp_tools, request.tools or [], self.hub.settings.max_tools_per_request)
+        catalog = ToolCatalog(mcp_tools, request.tools or [])
         messages = _attach_orphan_tool_results([dict(message) for message in request.messages], request.tools or [])
         automatic = request.automatic_tool_execution is not False
         parallel = request.passthrough(self._choices[0]).get("parallel_tool_calls") is not False

@@ -51,10 +51,11 @@ class Binding:
     env: dict[str, str] = field(default_factory=dict, repr=False)
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     fingerprint: str = ""
+    raw: tuple[str, ...] = field(default=(), repr=False)  # the credential values as given
 
     def secrets(self) -> list[str]:
-        """Every secret value this binding delivers (for scrubbing)."""
-        return [v for v in [*self.env.values(), *self.headers.values()] if v]
+        """Every secret value this binding delivers, raw and rendered (for scrubbing)."""
+        return [v for v in [*self.raw, *self.env.values(), *self.headers.values()] if v]
 
 
 def _render(template: str, values: Mapping[str, SecretStr]) -> str:
@@ -66,6 +67,7 @@ def bind(entry: Entry | None, server_name: str, credentials: Iterable[Credential
     credentials = list(credentials)
     env: dict[str, str] = {}
     headers: dict[str, str] = {}
+    raw: list[str] = []
     digest = hashlib.sha256()
     if entry is None:
         return Binding()
@@ -83,8 +85,10 @@ def bind(entry: Entry | None, server_name: str, credentials: Iterable[Credential
         env |= {key: _render(tpl, cred.values) for key, tpl in connection.env.items()}
         headers |= {key: _render(tpl, cred.values) for key, tpl in connection.headers.items()}
         for key in sorted(cred.values):
-            digest.update(f"{name}\0{key}\0{cred.values[key].get_secret_value()}\0".encode())
-    return Binding(env=env, headers=headers, fingerprint=digest.hexdigest()[:32] if env or headers else "")
+            raw.append(cred.values[key].get_secret_value())
+            digest.update(f"{name}\0{key}\0{raw[-1]}\0".encode())
+    return Binding(env=env, headers=headers, fingerprint=digest.hexdigest()[:32] if env or headers else "",
+                   raw=tuple(raw))
 
 
 def find(entry: Entry, connection: str, credentials: Iterable[Credential]) -> Credential | None:

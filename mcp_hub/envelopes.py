@@ -188,6 +188,7 @@ class Unsealed:
 
     credentials: list[Credential] = field(default_factory=list, repr=False)
     headers: dict[str, str] = field(default_factory=dict, repr=False)
+    raw: tuple[str, ...] = field(default=(), repr=False)  # the decrypted secrets, for scrubbing
 
     def apply(self, binding: Binding) -> Binding:
         """Add the envelope headers; fold them into the fingerprint (a digest, never the values)."""
@@ -199,7 +200,8 @@ class Unsealed:
         # The envelope's header replaces a registry template's header of the same name (any case).
         overridden = {name.lower() for name in self.headers}
         kept = {name: value for name, value in binding.headers.items() if name.lower() not in overridden}
-        return replace(binding, headers=kept | self.headers, fingerprint=digest.hexdigest()[:32])
+        return replace(binding, headers=kept | self.headers, fingerprint=digest.hexdigest()[:32],
+                       raw=(*binding.raw, *self.raw))
 
 
 def unseal(target: Target, keyring: Keyring) -> Unsealed:
@@ -210,6 +212,7 @@ def unseal(target: Target, keyring: Keyring) -> Unsealed:
     keys: list[HubKey] | None = None
     credentials: list[Credential] = []
     headers: dict[str, str] = {}
+    raw: list[str] = []
     for name, envelope in attached.items():
         connection, declared = _binds_to(target, name)
         if declared is None or (connection is None and target.version.kind == "stdio"):
@@ -217,13 +220,14 @@ def unseal(target: Target, keyring: Keyring) -> Unsealed:
         if keys is None:
             keys = keyring.decryption_keys()
         secret = open_envelope(envelope, keys, server=target.name, connection=name)
+        raw.append(secret.secret.get_secret_value())
         if connection is not None:
             values = {_field_for(connection): secret.secret}
             credentials.append(Credential(connection_name=declared, values=values))
         if target.version.kind != "stdio":
             header, value = secret.header()
             headers = {k: v for k, v in headers.items() if k.lower() != header.lower()} | {header: value}
-    return Unsealed(credentials, headers)
+    return Unsealed(credentials, headers, tuple(raw))
 
 
 def _binds_to(target: Target, name: str) -> tuple[Connection | None, str | None]:

@@ -7,7 +7,10 @@
     ├── RequestError (400)         the caller's input is malformed
     │   ├── NotFound (404)         a route object (server, record) does not exist
     │   ├── TooLarge (413)         the request body is over the limit
-    │   └── IdempotencyConflict (422) an Idempotency-Key reused for another body
+    │   ├── IdempotencyConflict (422) an Idempotency-Key reused for another body
+    │   └── RateLimited (429)      rate_limited: the caller's key is over its
+    │                              per-minute limit (`retry-after` says when)
+    ├── RequestTimeout (504)       request_timeout: the request's time budget ran out
     ├── ProviderError (502)        the model provider failed (provider_error);
     │   │                          `retryable` drives fallback to the next model
     │   ├── ProviderTimeout (504)  provider_timeout
@@ -56,6 +59,10 @@ class HubError(Exception):
         error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
         return {"error": error, **error}
 
+    def headers(self) -> dict[str, str]:
+        """Response headers that go with this error (none by default)."""
+        return {}
+
 
 class ConfigError(HubError):
     """Invalid settings or registry; raised at start-up with the entry and field named."""
@@ -90,6 +97,44 @@ class IdempotencyConflict(RequestError):
 
     status = 422
     code = "idempotency_key_reused"
+
+
+class RateLimited(RequestError):
+    """The caller (API key, or address when anonymous) is over its request rate (HTTP 429).
+
+    The SDKs retry a 429 after `retry-after` seconds; `mcp_hub.ratelimit` adds the header.
+    """
+
+    status = 429
+    code = "rate_limited"
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimeout(HubError):
+    """The whole request (every model turn and tool call) outlived its time budget (HTTP 504).
+
+    `tools_executed` names the MCP tools that completed before the budget ran out, so that
+    the caller knows what already happened. SDK retries are stopped (`x-should-retry: false`):
+    the same request would most likely run out of time again, and tools may have run.
+    """
+
+    status = 504
+    code = "request_timeout"
+    type = "timeout_error"
+
+    def __init__(self, message: str, *, tools_executed: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.tools_executed = list(tools_executed or [])
+
+    def to_body(self) -> dict[str, Any]:
+        return {**super().to_body(), "tools_executed": self.tools_executed}
+
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "false"}
 
 
 class ProviderError(HubError):

@@ -22,6 +22,7 @@ from mcp import MCPError
 from pydantic import BaseModel
 
 from .errors import ServerError, SessionLost
+from .scrubbing import Scrubber
 from .sessions import CallTimeout, ManagedSession
 
 
@@ -46,10 +47,12 @@ class ToolResult(BaseModel):
     is_error: bool
     duration_ms: int
     error_code: str | None = None
+    truncated: bool = False  # the result was over the output limit and was cut
 
     def public(self) -> dict[str, Any]:
-        """The PROTOCOL.md shape."""
-        return self.model_dump(include={"server_name", "tool_name", "arguments", "result", "is_error", "duration_ms"})
+        """The PROTOCOL.md shape (plus `truncated: true` when the result was cut)."""
+        keys = {"server_name", "tool_name", "arguments", "result", "is_error", "duration_ms"}
+        return self.model_dump(include=keys | {"truncated"} if self.truncated else keys)
 
 
 @dataclass
@@ -86,8 +89,18 @@ def _parse_arguments(arguments: dict[str, Any] | str | None) -> dict[str, Any]:
 class Executor:
     """Runs tool calls against sessions; owns no resources of its own."""
 
-    def __init__(self, default_timeout: float) -> None:
+    def __init__(self, default_timeout: float, max_output_bytes: int = 1 << 20) -> None:
         self.default_timeout = default_timeout
+        self.max_output_bytes = max_output_bytes
+
+    def _limited(self, result: Any) -> tuple[Any, bool]:
+        """The result, or when its JSON is over the limit, that JSON cut short with a marker."""
+        text = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
+        size = len(text.encode())
+        if size <= self.max_output_bytes:
+            return result, False
+        kept = text.encode()[:self.max_output_bytes].decode("utf-8", "ignore")
+        return f"{kept}\n[truncated: the tool returned {size} bytes; the first {self.max_output_bytes} are shown]", True
 
     async def run(self, calls: Sequence[ToolCall], sessions: dict[str, ManagedSession], *,
                   parallel: bool = True) -> Batch:
@@ -111,10 +124,15 @@ class Executor:
         """Run one call; never raises for tool, timeout or server failures."""
         started = time.perf_counter()
 
+        scrubber = session.scrubber if session is not None else Scrubber()
+
         def done(result: Any, *, is_error: bool, code: str | None = None, arguments: dict[str, Any] | None = None) -> ToolResult:
+            # A server may echo a credential back: no secret leaves the executor.
+            limited, truncated = self._limited(scrubber.value(result))
             return ToolResult(call_id=call.id, server_name=call.server, tool_name=call.tool,
-                              arguments=arguments if arguments is not None else {}, result=result, is_error=is_error,
-                              duration_ms=round((time.perf_counter() - started) * 1000), error_code=code)
+                              arguments=scrubber.value(arguments) if arguments is not None else {}, result=limited,
+                              is_error=is_error, duration_ms=round((time.perf_counter() - started) * 1000),
+                              error_code=code, truncated=truncated)
 
         try:
             arguments = _parse_arguments(call.arguments)

@@ -30,8 +30,10 @@ from .keyring import Keyring
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
 from .pool import SessionPool
 from .providers import ProviderSet
+from .ratelimit import RateLimiter, TokenBuckets
 from .registry import Entry, Registry
 from .resolution import resolve
+from .scrubbing import LiveSecretsFilter
 from .sessions import ManagedSession
 from .settings import Settings
 from .transports import Opener, decline_elicitation, sends_credentials
@@ -47,8 +49,13 @@ def parse_credentials(value: Any, param: str = "credentials") -> list[Credential
         parsed = _credentials_adapter.validate_python(value)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"] if part not in ("Credential", "list[Credential]"))
-        raise RequestError(f"invalid credentials at {where or 'top level'}: {first['msg']}", param=param) from None
+        # Name only list positions and the model's own fields: a key the caller wrote (a value's
+        # name, a stray field) may itself be a secret pasted in the wrong place.
+        known = {"connection_name", "values"}
+        where = ".".join(str(part) for part in first["loc"] if isinstance(part, int) or part in known)
+        kind = "an unexpected field" if first["type"] == "extra_forbidden" else first["msg"].lower()
+        raise RequestError(f"invalid credentials at {where or 'top level'}: {kind}; each credential is "
+                           "{\"connection_name\": str, \"values\": {field: str | int | bool}}", param=param) from None
     return parsed if isinstance(parsed, list) else [parsed]
 
 
@@ -73,7 +80,7 @@ class Hub:
         in `AuthRequired`); `elicitation` answers servers' elicitation requests (default: decline)."""
         self.settings = settings
         self.registry = registry if registry is not None else Registry.from_file(settings.registry)
-        self.executor = Executor(settings.call_timeout)
+        self.executor = Executor(settings.call_timeout, settings.tool_output_max_bytes)
         self._oauth_identity = oauth_identity
         self._user_agent = user_agent
         self._elicitation = elicitation
@@ -83,9 +90,11 @@ class Hub:
         self._providers: ProviderSet | None = None
         self._oauth: OAuthBroker | None = None
         self._pool: SessionPool | None = None
+        self._log_filter: LiveSecretsFilter | None = None
         self.egress = EgressGuard(settings.egress_allow)
         self._egress_http: httpx2.AsyncHTTPTransport | None = None  # MCP server URLs only: guarded
         self._keyring: Keyring | None = None
+        self.limiter: RateLimiter | None = None  # per-key request rate; None: unlimited (or not running)
 
     @property
     def providers(self) -> ProviderSet:
@@ -110,6 +119,8 @@ class Hub:
         data_dir = self.settings.data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self._keyring = Keyring.from_settings(self.settings, data_dir / "encryption-keys").open()
+        if self.settings.rate_limit_per_minute:
+            self.limiter = TokenBuckets(self.settings.rate_limit_per_minute, self.settings.rate_limit_burst)
         self._http = httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50))
         self._providers = ProviderSet(self.settings, self._http)
         self._oauth = OAuthBroker(self._oauth_identity, user_agent=self._user_agent)
@@ -119,6 +130,8 @@ class Hub:
                         elicitation=self._elicitation, egress=self.egress)
         self._pool = SessionPool(self.settings, opener)
         await self._pool.__aenter__()
+        self._log_filter = LiveSecretsFilter(lambda: [s.scrubber for s in self.pool.sessions()])
+        self._log_filter.install()
         if self.settings.prewarm:
             for entry in self.registry.entries():
                 if entry.versions[entry.latest].hosted and not any(c.required for c in entry.connections.values()):
@@ -128,10 +141,14 @@ class Hub:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         try:
+            if self._log_filter is not None:
+                self._log_filter.remove()
+                self._log_filter = None
             if self._pool is not None:
                 await self._pool.__aexit__(exc_type, exc, tb)
         finally:
             self._pool = None
+            self.limiter = None
             self._oauth = None  # the tokens die with the hub
             if self._providers is not None:
                 await self._providers.aclose()

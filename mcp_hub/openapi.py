@@ -34,9 +34,16 @@ _MODELS: list[type[BaseModel]] = [ErrorBody, Health, ServerList, ServerDetail, T
                                   ChatCompletionRequest, ChatCompletion, ModelList, Jwks]
 _ERRORS = {
     "400": "Malformed input", "401": "Missing or invalid API key", "404": "Not found",
-    "413": "Body too large", "422": "Idempotency-Key reused", "429": "Rate limited",
-    "502": "Model provider failed", "504": "Model provider timed out",
+    "413": "Body too large", "422": "Idempotency-Key reused",
+    "429": "Rate limited: this API key's requests per minute (or the model provider's) are used up",
+    "502": "Model provider failed", "504": "Model provider or the request's time budget timed out",
 }
+# Sent with every response of a rate-limited route while rate limiting is on.
+_RATE_HEADERS = {name: {"description": description, "schema": {"type": "string"}} for name, description in [
+    ("x-ratelimit-limit-requests", "requests allowed per minute"),
+    ("x-ratelimit-remaining-requests", "requests left now"),
+    ("x-ratelimit-reset-requests", "time until the allowance is full again, e.g. `12s`"),
+]}
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -48,7 +55,12 @@ def _json(model: type[BaseModel], description: str = "OK") -> dict[str, Any]:
 
 
 def _errors(*statuses: str) -> dict[str, Any]:
-    return {status: _json(ErrorBody, _ERRORS[status]) for status in statuses}
+    responses = {status: _json(ErrorBody, _ERRORS[status]) for status in statuses}
+    if "429" in responses:
+        responses["429"]["headers"] = {"retry-after": {"description": "seconds to wait before retrying",
+                                                       "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                                       **_RATE_HEADERS}
+    return responses
 
 
 def _components(prefixes: list[str]) -> dict[str, Any]:
@@ -89,11 +101,11 @@ def document(prefixes: list[str]) -> dict[str, Any]:
             "/.well-known/jwks.json": {"get": {"operationId": "jwks", "responses": {"200": _json(Jwks)}}},
             "/v1/servers": {"get": {"operationId": "listServers", "security": auth,
                                     "parameters": [query("tag", "only servers with this tag")],
-                                    "responses": {"200": _json(ServerList), **_errors("400", "401")}}},
+                                    "responses": {"200": _json(ServerList), **_errors("400", "401", "429")}}},
             "/v1/servers/{org}/{name}": {"get": {
                 "operationId": "getServer", "security": auth,
                 "parameters": [path("org"), path("name"), query("version", "exact version or semver range")],
-                "responses": {"200": _json(ServerDetail), **_errors("400", "401", "404")}}},
+                "responses": {"200": _json(ServerDetail), **_errors("400", "401", "404", "429")}}},
             "/v1/tools/call": {"post": {
                 "operationId": "callTool", "security": auth,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(ToolCallRequest)}}},
@@ -102,11 +114,14 @@ def document(prefixes: list[str]) -> dict[str, Any]:
                 "operationId": "createChatCompletion", "security": auth,
                 "description": "An OpenAI-compatible chat completion whose MCP tool calls run in the hub. "
                                "An `Idempotency-Key` header makes a retry return the first response; "
-                               "the same key with another body is a 422.",
+                               "the same key with another body is a 422. Limits: `max_servers_per_request` "
+                               "(400 too_many_servers), `max_tools_per_request` (400 too_many_tools), "
+                               "`max_body_bytes` (413), `request_timeout` for the whole loop (504 request_timeout), "
+                               "`rate_limit_per_minute` per API key (429 rate_limited with retry-after).",
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": _ref(ChatCompletionRequest)}}},
                 "responses": {"200": chat_ok, **_errors("400", "401", "404", "413", "422", "429", "502", "504")}}},
             "/v1/models": {"get": {"operationId": "listModels", "security": auth,
-                                   "responses": {"200": _json(ModelList), **_errors("401")}}},
+                                   "responses": {"200": _json(ModelList), **_errors("401", "429")}}},
         },
     }

@@ -36,6 +36,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from .credentials import Binding
 from .errors import ConnectError, ServerError, SessionLost
 from .resolution import Target
+from .scrubbing import Scrubber
 from .transports import Opener
 
 log = logging.getLogger("mcp_hub.sessions")
@@ -106,6 +107,7 @@ class ManagedSession:
         self.target = target
         self.binding = binding
         self.hosted = target.version.kind == "stdio"
+        self.scrubber = Scrubber(binding.secrets())
         self._opener = opener
         self._policy = policy
         self._client: Client | None = None

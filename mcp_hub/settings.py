@@ -95,7 +95,21 @@ class Settings(BaseSettings):
     max_turns_default: int = Field(10, ge=1, description="Model calls per request when the request sets no max_turns.")
     max_turns_cap: int = Field(50, ge=1, description="Hard cap on a request's max_turns.")
     tool_result_max_chars: int = Field(16_000, ge=256, description="Tool result text given to the model, at most.")
+    tool_output_max_bytes: int = Field(1 << 20, ge=1024, description="A tool result's JSON over this is cut, marked truncated.")
     idempotency_ttl: float = Field(24 * 3600.0, gt=0, description="Seconds an Idempotency-Key's response is kept.")
+
+    # Limits (each refused with an error naming the limit; per-call timeouts are `call_timeout` above).
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body; over it: 413 body_too_large.")
+    max_servers_per_request: int = Field(
+        16, ge=1, description="Most mcp_servers items in one request; over it: 400 too_many_servers.")
+    max_tools_per_request: int = Field(
+        256, ge=1, description="Most tools (MCP + the request's own) offered to the model; over it: 400 too_many_tools.")
+    request_timeout: float = Field(
+        600.0, gt=0, description="Seconds for a whole chat completion, every turn and tool; over it: 504 request_timeout.")
+    rate_limit_per_minute: int = Field(
+        0, ge=0, description="Requests per minute per API key (anonymous: per client address); 0: no limit.")
+    rate_limit_burst: int | None = Field(
+        None, ge=1, description="Requests a caller may make at once (bucket size); unset: rate_limit_per_minute.")
 
     # Encrypted credentials (PROTOCOL.md section 4): the RSA key published at /.well-known/jwks.json.
     encryption_key_file: Path | None = Field(

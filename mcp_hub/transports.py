@@ -12,13 +12,15 @@ own process group and kills the group on close.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import shutil
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 import httpx2
@@ -36,6 +38,7 @@ from .egress import EgressGuard, EgressSession, pinned
 from .errors import AuthRequired, ServerError, UrlBlocked
 from .oauth import OAuthBroker
 from .resolution import Target
+from .scrubbing import Scrubber
 
 
 async def decline_elicitation(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
@@ -176,6 +179,40 @@ def _verdict(exc: BaseException) -> ServerError | None:
     return None
 
 
+@asynccontextmanager
+async def _scrubbed_log(path: Path, scrubber: Scrubber) -> AsyncIterator[TextIO]:
+    """A pipe for a child's stderr whose lines reach the log file with secrets replaced."""
+    read_fd, write_fd = os.pipe()
+    writer = os.fdopen(write_fd, "w", encoding="utf-8")
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb"))
+
+    drained = anyio.Event()
+
+    async def pump() -> None:
+        try:
+            with open(path, "a", encoding="utf-8") as log:
+                while line := await reader.readline():
+                    log.write(scrubber.text(line.decode("utf-8", "replace")))
+                    log.flush()
+        finally:
+            drained.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump)
+            try:
+                yield writer
+            finally:
+                writer.close()  # the child's copy closed when it exited; now the pipe ends
+                with anyio.move_on_after(2, shield=True):
+                    await drained.wait()
+                tg.cancel_scope.cancel()
+    finally:
+        pipe.close()
+
+
 class Opener:
     """Builds entered `Client`s for targets; owns the shared HTTP transport."""
 
@@ -271,7 +308,11 @@ class Opener:
         async with AsyncExitStack() as stack:
             if version.kind == "stdio":
                 self.logs_dir.mkdir(parents=True, exist_ok=True)
-                errlog = stack.enter_context(open(self.log_path(target), "a", encoding="utf-8"))  # noqa: SIM115
+                scrubber = Scrubber(binding.secrets())
+                if scrubber:  # a server may print its credential: its stderr passes through a scrubber
+                    errlog = await stack.enter_async_context(_scrubbed_log(self.log_path(target), scrubber))
+                else:
+                    errlog = stack.enter_context(open(self.log_path(target), "a", encoding="utf-8"))  # noqa: SIM115
                 transport: Any = stdio_client(self.stdio_params(target, binding), errlog=errlog)
             else:
                 assert version.url is not None

@@ -132,9 +132,10 @@ async def hub(settings: Settings, registry: Registry) -> AsyncIterator[Hub]:
         yield running
 
 
-@pytest.fixture
-async def api(settings: Settings, registry: Registry) -> AsyncIterator[httpx2.AsyncClient]:
-    """An HTTP client for the hub's API, with the app's lifespan running."""
+@contextlib.asynccontextmanager
+async def asgi_client(settings: Settings, registry: Registry,
+                      timeout: float = 30) -> AsyncIterator[tuple[httpx2.AsyncClient, Hub]]:
+    """An HTTP client for the hub's app in-process (its lifespan running), and the hub."""
     app = create_app(settings, registry)
     async with owned(app.router.lifespan_context(app)) as state:
         async def with_state(scope: Any, receive: Any, send: Any) -> None:
@@ -142,5 +143,12 @@ async def api(settings: Settings, registry: Registry) -> AsyncIterator[httpx2.As
             await app(scope, receive, send)
 
         transport = httpx2.ASGITransport(app=with_state)
-        async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
-            yield client
+        async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000", timeout=timeout) as client:
+            yield client, state["hub"]
+
+
+@pytest.fixture
+async def api(settings: Settings, registry: Registry) -> AsyncIterator[httpx2.AsyncClient]:
+    """An HTTP client for the hub's API, with the app's lifespan running."""
+    async with asgi_client(settings, registry) as (client, _):
+        yield client

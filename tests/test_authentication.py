@@ -6,18 +6,16 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx2
 import pytest
 
 from mcp_hub.apikeys import KeyStore
-from mcp_hub.app import create_app
 from mcp_hub.authentication import is_loopback, presented_key
 from mcp_hub.registry import Registry
 from mcp_hub.settings import Settings
 
-from .conftest import owned
+from .conftest import asgi_client
 from .test_api import assert_error
 
 
@@ -30,15 +28,9 @@ def keys(settings: Settings) -> KeyStore:
 async def secured(settings: Settings, registry: Registry, keys: KeyStore) -> AsyncIterator[httpx2.AsyncClient]:
     """A hub whose store already had a key at start-up: authentication is on."""
     keys.create("bootstrap")
-    app = create_app(settings, registry)
-    async with owned(app.router.lifespan_context(app)) as state:
-        async def with_state(scope: Any, receive: Any, send: Any) -> None:
-            scope["state"] = dict(state or {})
-            await app(scope, receive, send)
-
-        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=with_state), base_url="http://hub") as client:
-            client.hub_keys = state["hub"].keys  # type: ignore[attr-defined]
-            yield client
+    async with asgi_client(settings, registry) as (client, hub):
+        client.hub_keys = hub.keys  # type: ignore[attr-defined]
+        yield client
 
 
 async def test_open_without_keys(api: httpx2.AsyncClient) -> None:

@@ -65,7 +65,7 @@ def test_call_passes_credentials(registry_file: Path) -> None:
     result = run(registry_file, "call", "test/probe", "env", "--args", '{"name": "PROBE_TOKEN"}',
                  "--cred", "probe:token=t0ken", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["result"] == {"result": "t0ken"}
+    assert json.loads(result.stdout)["result"] == {"result": "[REDACTED]"}  # delivered; never echoed back
 
 
 def test_errors_are_readable(registry_file: Path) -> None:

@@ -12,11 +12,10 @@ import anyio
 import httpx2
 import pytest
 
-from mcp_hub.app import create_app
 from mcp_hub.registry import Registry
 from mcp_hub.settings import Settings
 
-from .conftest import ROOT, owned, probe_entry
+from .conftest import ROOT, asgi_client, probe_entry
 from .model_fixtures import Reply, ScriptedModel, ToolThenAnswer
 
 MODEL = "openai/gpt-test"
@@ -31,15 +30,8 @@ def chat_settings(tmp_path: Path, model: ScriptedModel, **overrides: Any) -> Set
 
 
 async def hub_client(settings: Settings, registry: Registry) -> AsyncIterator[httpx2.AsyncClient]:
-    app = create_app(settings, registry)
-    async with owned(app.router.lifespan_context(app)) as state:
-        async def with_state(scope: Any, receive: Any, send: Any) -> None:
-            scope["state"] = dict(state or {})
-            await app(scope, receive, send)
-
-        transport = httpx2.ASGITransport(app=with_state)
-        async with httpx2.AsyncClient(transport=transport, base_url="http://hub", timeout=30) as client:
-            yield client
+    async with asgi_client(settings, registry) as (client, _):
+        yield client
 
 
 @pytest.fixture

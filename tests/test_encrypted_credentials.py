@@ -135,9 +135,10 @@ def test_sdk_round_trip_delivers_each_secret_to_its_own_server(hub: RunningHub, 
     assert not getattr(response, "mcp_server_errors", None)
     results = results_by_tool([r.model_dump() for r in response.mcp_tool_results or []])
     assert results["env"]["server_name"] == "test/probe"
-    assert results["env"]["result"] == {"result": PROBE_SECRET}  # the hosted server got its secret as PROBE_TOKEN
+    # The hosted server got its secret as PROBE_TOKEN (the hub scrubs it when the tool echoes it back).
+    assert results["env"]["result"] == {"result": "[REDACTED]"}
     headers = received_headers(results["headers"])
-    assert headers["x-probe-key"] == f"Key {HEADER_SECRET}"  # the URL server got its header ...
+    assert headers["x-probe-key"] == "[REDACTED]"  # the URL server got exactly its header (echo scrubbed) ...
     assert not any(PROBE_SECRET in value for value in headers.values())  # ... and nothing of the probe's secret
 
     # What the SDK sent: no plaintext, and one envelope inside each server's own spec.
@@ -171,7 +172,7 @@ def test_tampered_envelope_fails_that_server_only(hub: RunningHub, header_url: s
     assert PROBE_SECRET not in response.text
     results = results_by_tool(completion["mcp_tool_results"])
     assert list(results) == ["headers"]  # the probe's tools were never offered; the other server worked
-    assert received_headers(results["headers"])["x-probe-key"] == f"Key {HEADER_SECRET}"
+    assert received_headers(results["headers"])["x-probe-key"] == "[REDACTED]"
 
 
 def test_unmatched_envelope_goes_nowhere_and_the_server_still_needs_its_credential(hub: RunningHub) -> None:
@@ -201,7 +202,7 @@ def test_rotation_keeps_old_envelopes_working_during_grace(hub: RunningHub, scri
             "arguments": {"name": "PROBE_TOKEN"}}
     response = httpx2.post(f"{hub.url}/v1/tools/call", json=body, timeout=60)
     assert response.status_code == 200, response.text
-    assert response.json()["result"] == {"result": PROBE_SECRET}  # the retired key still decrypts
+    assert response.json()["result"] == {"result": "[REDACTED]"}  # the retired key still decrypts
 
     scripted_model.responder = call_tools("__env")  # and the SDK now encrypts to the new key
     with hub.client() as client:
@@ -209,7 +210,7 @@ def test_rotation_keeps_old_envelopes_working_during_grace(hub: RunningHub, scri
             model=MODEL, messages=[{"role": "user", "content": "hi"}], mcp_servers=["test/probe"],
             credentials=[SecretValues(Connection("test-probe", secrets={"token": "T"}), token=PROBE_SECRET + "-new")])
     (result,) = answer.mcp_tool_results or []
-    assert result.result == {"result": PROBE_SECRET + "-new"}
+    assert result.result == {"result": "[REDACTED]"}  # delivered (and scrubbed when echoed)
 
 
 def _padded(text: str) -> str:

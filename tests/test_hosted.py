@@ -12,11 +12,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from mcp_hub.app import create_app
 from mcp_hub.registry import Registry
 from mcp_hub.settings import Settings
 
-from .conftest import ROOT, owned
+from .conftest import ROOT, asgi_client
 
 NOTES = {"connection_name": "notes", "values": {"token": "hosted-test-token"}}
 
@@ -33,14 +32,8 @@ CASES: dict[str, tuple[str, dict[str, Any], Any]] = {
 
 @pytest.fixture
 async def project_api(tmp_path: Path) -> AsyncIterator[httpx2.AsyncClient]:
-    app = create_app(Settings.load(data_dir=tmp_path), Registry.from_file(ROOT / "registry.yaml"))
-    async with owned(app.router.lifespan_context(app)) as state:
-        async def with_state(scope: Any, receive: Any, send: Any) -> None:
-            scope["state"] = dict(state or {})
-            await app(scope, receive, send)
-
-        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=with_state), base_url="http://hub") as client:
-            yield client
+    async with asgi_client(Settings.load(data_dir=tmp_path), Registry.from_file(ROOT / "registry.yaml")) as (client, _):
+        yield client
 
 
 def test_cases_cover_the_registry() -> None:

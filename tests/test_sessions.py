@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +50,20 @@ async def test_tenants_and_credentials_never_share_a_session(tmp_path: Path, set
     alice = [Credential(connection_name="probe", values={"token": "alice-secret"})]
     bob = [Credential(connection_name="probe", values={"token": "bob-secret"})]
     async with Hub(settings, registry) as hub:
-        result, _ = await call(hub, "env", {"name": "PROBE_TOKEN"}, credentials=alice)
-        assert result.result == {"result": "alice-secret"}
+        result, _ = await call(hub, "env_sha256", {"name": "PROBE_TOKEN"}, credentials=alice)
+        assert result.result == {"result": sha256(b"alice-secret").hexdigest()}
         result, _ = await call(hub, "env", {"name": "PROBE_TOKEN"}, credentials=bob)
-        assert result.result == {"result": "bob-secret"}
+        assert result.result == {"result": "[REDACTED]"}  # delivered, and scrubbed when echoed back
+        result, _ = await call(hub, "env_sha256", {"name": "PROBE_TOKEN"}, credentials=bob)
+        assert result.result == {"result": sha256(b"bob-secret").hexdigest()}
         pids = {await pid_of(hub, credentials=alice), await pid_of(hub, credentials=bob),
                 await pid_of(hub, credentials=alice, tenant="other")}
         assert len(pids) == 3
         assert await pid_of(hub, credentials=alice) in pids
         # The SDK convention: server org/name owns the connection named org-name.
         sdk_style = [Credential(connection_name="test-probe", values={"token": "carol"})]
-        result, _ = await call(hub, "env", {"name": "PROBE_TOKEN"}, credentials=sdk_style)
-        assert result.result == {"result": "carol"}
+        result, _ = await call(hub, "env_sha256", {"name": "PROBE_TOKEN"}, credentials=sdk_style)
+        assert result.result == {"result": sha256(b"carol").hexdigest()}
         _, servers = await call(hub, "pid")
         error = servers.errors[SERVER].to_entry()
         assert error["code"] == "missing_credentials"
