@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -53,7 +53,7 @@ async def chat_completions(request: Request) -> Response:
         stored = await hub.idempotency.claim(tenant, key, fingerprint(raw))
         if stored is not None:
             return _replay(stored)
-    with _settled(hub, None, tenant, key):
+    async with _settled(hub, None, tenant, key):
         completion = Completion(hub, chat, tenant=tenant, provider_key=_provider_key(request))
     # The time budget covers every turn and tool call, not reading the body.
     events = within_budget(completion.events(), anyio.current_time() + settings.request_timeout,
@@ -61,14 +61,14 @@ async def chat_completions(request: Request) -> Response:
     if chat.stream:
         return await _stream(hub, completion, events, tenant, key)
     final: Finished | None = None
-    with _settled(hub, completion, tenant, key):
+    async with _settled(hub, completion, tenant, key):
         async for event in events:
             if isinstance(event, Finished):
                 final = event
     assert final is not None
     body = json.dumps(final.body, separators=(",", ":"), ensure_ascii=False).encode()
     if key:
-        hub.idempotency.complete(tenant, key, StoredResponse(status=200, body=body))
+        await hub.idempotency.complete(tenant, key, StoredResponse(status=200, body=body))
     return Response(body, media_type="application/json")
 
 
@@ -103,8 +103,8 @@ async def _close(events: AsyncIterator[Event]) -> None:
             await aclose()
 
 
-@contextlib.contextmanager
-def _settled(hub: Hub, completion: Completion | None, tenant: str, key: str | None) -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def _settled(hub: Hub, completion: Completion | None, tenant: str, key: str | None) -> AsyncIterator[None]:
     """Settle the Idempotency-Key of a failing attempt.
 
     A failure is kept only when MCP tools already ran (a retry must not run them again);
@@ -115,19 +115,19 @@ def _settled(hub: Hub, completion: Completion | None, tenant: str, key: str | No
     except HubError as exc:
         if key and completion is not None and completion.tools_ran:
             body = json.dumps(exc.to_body()).encode()
-            hub.idempotency.complete(tenant, key, StoredResponse(status=exc.status, body=body))
+            await hub.idempotency.complete(tenant, key, StoredResponse(status=exc.status, body=body))
         elif key:
-            hub.idempotency.abandon(tenant, key)
+            await hub.idempotency.abandon(tenant, key)
         raise
     except BaseException:
         if key:
-            hub.idempotency.abandon(tenant, key)
+            await hub.idempotency.abandon(tenant, key)
         raise
 
 
 async def _stream(hub: Hub, completion: Completion, events: AsyncIterator[Event], tenant: str,
                   key: str | None) -> Response:
-    with _settled(hub, completion, tenant, key):
+    async with _settled(hub, completion, tenant, key):
         first = await anext(events)  # failures before the first event are ordinary HTTP errors
 
     async def with_first() -> AsyncIterator[Any]:
@@ -148,9 +148,9 @@ async def _stream(hub: Hub, completion: Completion, events: AsyncIterator[Event]
         finally:
             if key:
                 if finished:
-                    hub.idempotency.complete(tenant, key, StoredResponse(status=200, frames=recorded, streamed=True))
+                    await hub.idempotency.complete(tenant, key, StoredResponse(status=200, frames=recorded, streamed=True))
                 else:  # the client went away: the model call and pending tool calls are cancelled
-                    hub.idempotency.abandon(tenant, key)
+                    await hub.idempotency.abandon(tenant, key)
 
     return StreamingResponse(frames(), media_type="text/event-stream", headers=STREAM_HEADERS)
 

@@ -30,12 +30,13 @@ from .keyring import Keyring
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
 from .pool import SessionPool
 from .providers import ProviderSet
-from .ratelimit import RateLimiter, TokenBuckets
+from .ratelimit import RateLimiter
 from .registry import Entry, Registry
 from .resolution import resolve
 from .scrubbing import LiveSecretsFilter
 from .sessions import ManagedSession
 from .settings import Settings
+from .state import StateStore, open_store
 from .transports import Opener, decline_elicitation, sends_credentials
 
 _credentials_adapter = TypeAdapter(Credential | list[Credential])
@@ -84,7 +85,6 @@ class Hub:
         self._oauth_identity = oauth_identity
         self._user_agent = user_agent
         self._elicitation = elicitation
-        self.idempotency = IdempotencyStore(ttl=settings.idempotency_ttl)
         self.keys = KeyStore(settings.keys_path)
         self._http: httpx2.AsyncHTTPTransport | None = None
         self._providers: ProviderSet | None = None
@@ -95,6 +95,8 @@ class Hub:
         self._egress_http: httpx2.AsyncHTTPTransport | None = None  # MCP server URLs only: guarded
         self._keyring: Keyring | None = None
         self.limiter: RateLimiter | None = None  # per-key request rate; None: unlimited (or not running)
+        self._state: StateStore | None = None
+        self._idempotency: IdempotencyStore | None = None
 
     @property
     def providers(self) -> ProviderSet:
@@ -110,6 +112,19 @@ class Hub:
         return self._keyring
 
     @property
+    def state(self) -> StateStore:
+        """The store of state shared with other hub instances (`state_url`)."""
+        if self._state is None:
+            raise RuntimeError("the hub is not running")
+        return self._state
+
+    @property
+    def idempotency(self) -> IdempotencyStore:
+        if self._idempotency is None:
+            raise RuntimeError("the hub is not running")
+        return self._idempotency
+
+    @property
     def pool(self) -> SessionPool:
         if self._pool is None:
             raise RuntimeError("the hub is not running")
@@ -119,8 +134,11 @@ class Hub:
         data_dir = self.settings.data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self._keyring = Keyring.from_settings(self.settings, data_dir / "encryption-keys").open()
+        state = open_store(self.settings.state_url.get_secret_value(), self.settings.state_prefix)
+        self._state = await state.__aenter__()
+        self._idempotency = IdempotencyStore(self._state, ttl=self.settings.idempotency_ttl)
         if self.settings.rate_limit_per_minute:
-            self.limiter = TokenBuckets(self.settings.rate_limit_per_minute, self.settings.rate_limit_burst)
+            self.limiter = self._state.limiter(self.settings.rate_limit_per_minute, self.settings.rate_limit_burst)
         self._http = httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50))
         self._providers = ProviderSet(self.settings, self._http)
         self._oauth = OAuthBroker(self._oauth_identity, user_agent=self._user_agent)
@@ -149,6 +167,10 @@ class Hub:
         finally:
             self._pool = None
             self.limiter = None
+            self._idempotency = None
+            if self._state is not None:
+                state, self._state = self._state, None
+                await state.__aexit__(exc_type, exc, tb)
             self._oauth = None  # the tokens die with the hub
             if self._providers is not None:
                 await self._providers.aclose()

@@ -5,17 +5,29 @@ same key with a different body is refused. While the first request runs, a retry
 waits for it. A request that failed before any MCP tool ran is forgotten, so its
 retry runs afresh; once a tool has run, even a failure is kept, so that no tool
 runs twice because of a retry.
+
+The records live in the hub's `StateStore`, so a retry that lands on another hub
+instance sharing the store is answered the same way. A claim is one atomic
+`put_new` ({"state": "running"}, held for `lease` seconds so that the claim of an
+instance that died lapses); completing replaces it with {"state": "done", "response"}
+for `ttl` seconds. A waiting retry re-reads the record after each `changed` hint,
+backing off from 20 ms to 500 ms between reads.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
 from .errors import IdempotencyConflict
+from .state import StateStore
+
+_FIRST_POLL, _MAX_POLL = 0.02, 0.5
+_SETTLE_TIMEOUT = 10.0  # seconds a complete/abandon may take, shielded from cancellation
 
 
 @dataclass
@@ -27,13 +39,17 @@ class StoredResponse:
     frames: list[str] = field(default_factory=list)
     streamed: bool = False
 
+    def to_json(self) -> dict[str, Any]:
+        try:
+            body: dict[str, str] = {"body": self.body.decode()}
+        except UnicodeDecodeError:
+            body = {"body_b64": base64.b64encode(self.body).decode()}
+        return {"status": self.status, **body, "frames": self.frames, "streamed": self.streamed}
 
-@dataclass
-class _Entry:
-    fingerprint: str
-    expires: float
-    done: anyio.Event = field(default_factory=anyio.Event)
-    response: StoredResponse | None = None
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StoredResponse:
+        body = base64.b64decode(data["body_b64"]) if "body_b64" in data else data["body"].encode()
+        return cls(status=data["status"], body=body, frames=list(data["frames"]), streamed=data["streamed"])
 
 
 def fingerprint(body: bytes) -> str:
@@ -41,42 +57,52 @@ def fingerprint(body: bytes) -> str:
 
 
 class IdempotencyStore:
-    """In-memory idempotency records with a time to live."""
+    """Idempotency records in a `StateStore`, kept `ttl` seconds; a retry waits up to `wait`."""
 
-    def __init__(self, ttl: float = 24 * 3600.0, wait: float = 600.0) -> None:
+    def __init__(self, state: StateStore, ttl: float = 24 * 3600.0, wait: float = 600.0,
+                 lease: float | None = None) -> None:
+        self.state = state
         self.ttl = ttl
         self.wait = wait
-        self._entries: dict[tuple[str, str], _Entry] = {}
+        self.lease = lease if lease is not None else wait
+        self._claimed: dict[tuple[str, str], str] = {}  # this process's running claims -> fingerprint
 
-    def _prune(self, now: float) -> None:
-        for key in [key for key, entry in self._entries.items() if entry.expires < now and entry.done.is_set()]:
-            del self._entries[key]
+    @staticmethod
+    def _key(key: str) -> str:
+        return f"idempotency:{key}"
 
     async def claim(self, tenant: str, key: str, body_fingerprint: str) -> StoredResponse | None:
         """None: the caller runs the request and must `complete` or `abandon`. Else the stored response."""
-        now = time.monotonic()
-        self._prune(now)
-        while True:
-            entry = self._entries.get((tenant, key))
-            if entry is None:
-                self._entries[(tenant, key)] = _Entry(fingerprint=body_fingerprint, expires=now + self.ttl)
-                return None
-            if entry.fingerprint != body_fingerprint:
-                raise IdempotencyConflict("this Idempotency-Key was used with a different request body",
-                                          param="Idempotency-Key")
-            with anyio.fail_after(self.wait):
-                await entry.done.wait()
-            if entry.response is not None:
-                return entry.response
-            # The first attempt was abandoned: loop to claim it afresh.
+        slot = self._key(key)
+        poll = _FIRST_POLL
+        with anyio.fail_after(self.wait):
+            while True:
+                record = await self.state.get(tenant, slot)
+                if record is None:
+                    running = {"state": "running", "fingerprint": body_fingerprint}
+                    if await self.state.put_new(tenant, slot, running, self.lease):
+                        self._claimed[(tenant, key)] = body_fingerprint
+                        return None
+                    continue  # another attempt claimed it meanwhile
+                if record["fingerprint"] != body_fingerprint:
+                    raise IdempotencyConflict("this Idempotency-Key was used with a different request body",
+                                              param="Idempotency-Key")
+                if record["state"] == "done":
+                    return StoredResponse.from_json(record["response"])
+                # Running elsewhere: wait for it; if it is abandoned the record vanishes and we claim it.
+                await self.state.changed(tenant, slot, poll)
+                poll = min(poll * 2, _MAX_POLL)
 
-    def complete(self, tenant: str, key: str, response: StoredResponse) -> None:
-        entry = self._entries.get((tenant, key))
-        if entry is not None:
-            entry.response = response
-            entry.done.set()
+    async def complete(self, tenant: str, key: str, response: StoredResponse) -> None:
+        body_fingerprint = self._claimed.pop((tenant, key), None)
+        if body_fingerprint is None:
+            return  # not claimed here (or already settled)
+        record = {"state": "done", "fingerprint": body_fingerprint, "response": response.to_json()}
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_TIMEOUT):
+            await self.state.put(tenant, self._key(key), record, self.ttl)
 
-    def abandon(self, tenant: str, key: str) -> None:
-        entry = self._entries.pop((tenant, key), None)
-        if entry is not None:
-            entry.done.set()
+    async def abandon(self, tenant: str, key: str) -> None:
+        if self._claimed.pop((tenant, key), None) is None:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_TIMEOUT):
+            await self.state.delete(tenant, self._key(key))

@@ -13,7 +13,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -98,6 +107,12 @@ class Settings(BaseSettings):
     tool_output_max_bytes: int = Field(1 << 20, ge=1024, description="A tool result's JSON over this is cut, marked truncated.")
     idempotency_ttl: float = Field(24 * 3600.0, gt=0, description="Seconds an Idempotency-Key's response is kept.")
 
+    # State shared by hub instances (idempotency records, rate-limit counts): memory:// or redis://.
+    state_url: SecretStr = Field(
+        SecretStr("memory://"), description="Where shared state lives: memory:// (this process) or "
+        "redis://[:password@]host:port/db (also rediss://, unix://) for several hubs that act as one.")
+    state_prefix: str = Field("mcp-hub:", min_length=1, description="Prefix of every key the hub writes to Redis.")
+
     # Limits (each refused with an error naming the limit; per-call timeouts are `call_timeout` above).
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body; over it: 413 body_too_large.")
     max_servers_per_request: int = Field(
@@ -148,6 +163,16 @@ class Settings(BaseSettings):
             Allowlist.parse(str(item) for item in value)  # a bad entry fails at start-up, named
         return value
 
+    @field_validator("state_url")
+    @classmethod
+    def _known_state_scheme(cls, value: SecretStr) -> SecretStr:
+        from .state import BACKENDS  # the backends themselves are imported only when opened
+
+        scheme = value.get_secret_value().split("://", 1)[0] if "://" in value.get_secret_value() else ""
+        if scheme not in BACKENDS:
+            raise ValueError(f"scheme must be one of {', '.join(sorted(BACKENDS))}")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -187,7 +212,12 @@ class Settings(BaseSettings):
         bound = type("Settings", (cls,), {"_config_file": path})
         try:
             return bound(**given)
-        except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        except ValidationError as exc:
+            # Without the offending values: a key or a password in a URL may be among them.
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                                 for e in exc.errors(include_input=False, include_url=False))
+            raise ConfigError(f"invalid settings: {problems}") from None
+        except ValueError as exc:
             raise ConfigError(f"invalid settings: {exc}") from None
 
     @property

@@ -88,6 +88,38 @@ def probe_http(tmp_path: Path) -> Iterator[str]:
     stop(proc)
 
 
+REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own; each test also gets its own key prefix
+
+
+@pytest.fixture
+def redis_state() -> Iterator[tuple[str, str]]:
+    """(url, prefix) of the local Redis for one test; its keys are deleted afterwards.
+
+    Skips when Redis is unreachable, except in CI (`CI=true`), where that is a failure.
+    """
+    import uuid
+
+    import redis
+    from redis.exceptions import RedisError
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except (RedisError, OSError) as exc:
+        client.close()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis at {REDIS_URL} is unreachable in CI: {exc}")
+        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
+    prefix = f"mcp-hub-test:{uuid.uuid4().hex}:"
+    try:
+        yield REDIS_URL, prefix
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
 @pytest.fixture
 def registry() -> Registry:
     return Registry.from_data({"servers": {"test/probe": probe_entry()}}, root=ROOT)
