@@ -208,6 +208,9 @@ class Hub:
 
     async def list_tools(self, servers: Servers) -> dict[str, list[types.Tool]]:
         """Tools of every live server, concurrently; servers that fail move to `servers.errors`."""
+        cached = {name: session.ready_tools() for name, session in servers.sessions.items()}
+        if all(listed is not None for listed in cached.values()):  # the hot path: no task group
+            return {name: listed for name, listed in cached.items() if listed is not None}
         tools: dict[str, list[types.Tool]] = {}
 
         async def one(name: str, session: ManagedSession) -> None:

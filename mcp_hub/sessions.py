@@ -267,6 +267,12 @@ class ManagedSession:
     def cached_tools(self) -> list[types.Tool] | None:
         return self._tools
 
+    def ready_tools(self) -> list[types.Tool] | None:
+        """The cached tools when the session is ready and they need no listing, else None."""
+        if self.state == "ready" and self._client is not None and not self._wake.is_set():
+            return self._tools
+        return None
+
     async def call_tool(self, name: str, arguments: dict[str, Any], timeout: float) -> types.CallToolResult:
         """Call one tool. Raises CallTimeout, SessionLost (with `delivered`), ConnectError or MCPError."""
         self.in_flight += 1

@@ -144,7 +144,7 @@ class Upstream:
             with deadline:
                 request = self._http.build_request(method, url, headers=headers, json=json_body, params=params,
                                                    timeout=httpx2.Timeout(self.timeout))
-                response = await self._http.send(request, stream=True)
+                response = await self._send(request)
                 try:
                     if response.status_code >= 300:
                         body = await response.aread()
@@ -161,6 +161,14 @@ class Upstream:
             # The exception's text names the host at most; keep its type, which says what went wrong.
             raise ProviderError(f"{where} is unreachable ({type(exc).__name__})", provider=self.provider,
                                 retryable=True) from None
+
+    async def _send(self, request: httpx2.Request) -> httpx2.Response:
+        try:
+            return await self._http.send(request, stream=True)
+        except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.WriteError):
+            # A pooled keep-alive connection that the server closed while idle fails before any
+            # answer; a model call has no side effects, so it is sent once more, on a new connection.
+            return await self._http.send(request, stream=True)
 
     async def get_json(self, path: str, *, headers: dict[str, str], secrets: list[str],
                        params: dict[str, Any] | None = None, json_body: Any = None, method: str = "GET") -> Any:
