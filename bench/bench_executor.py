@@ -268,7 +268,7 @@ async def cold_http(tmp: Path, url: str, reps: int) -> dict[str, Any]:
     for rep in range(reps):
         for which in (("hub", "bare") if rep % 2 == 0 else ("bare", "hub")):
             if which == "hub":
-                async with Hub(Settings.load(data_dir=tmp / f"cold-http-{rep}"), reg) as hub:
+                async with Hub(Settings.load(data_dir=tmp / f"cold-http-{rep}", egress_allow=["127.0.0.1"]), reg) as hub:
                     t0 = time.perf_counter()
                     servers = hub.open_servers(url)
                     await hub_call(hub, servers, url, "echo", {"text": "x"})
@@ -292,7 +292,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     report["meta"]["http_server_startup_ms"] = http_startup * 1000
     try:
         with open(tmp / "bare-stdio.log", "a", encoding="utf-8") as errlog, anyio.fail_after(args.budget):
-            async with Hub(Settings.load(data_dir=tmp / "hub"), registry()) as hub, \
+            async with Hub(Settings.load(data_dir=tmp / "hub", egress_allow=["127.0.0.1"]), registry()) as hub, \
                     httpx2.AsyncClient(timeout=httpx2.Timeout(30, read=300)) as http, \
                     bare_client("stdio", errlog=errlog) as bare_stdio, \
                     bare_client("http", http=http, url=url) as bare_http:
