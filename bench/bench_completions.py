@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -68,20 +69,7 @@ THROUGHPUT_TARGET = 150.0
 
 # -- statistics -------------------------------------------------------------------------------
 
-def quantile(sorted_ms: list[float], q: float) -> float:
-    """Nearest-rank quantile of an already sorted sample."""
-    if not sorted_ms:
-        return float("nan")
-    index = min(len(sorted_ms) - 1, max(0, round(q * len(sorted_ms) + 0.5) - 1))
-    return sorted_ms[index]
-
-
-def summary(samples_ms: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_ms)
-    return {"n": len(ordered), "median": quantile(ordered, 0.5), "p95": quantile(ordered, 0.95),
-            "p99": quantile(ordered, 0.99), "min": ordered[0], "max": ordered[-1],
-            "mean": sum(ordered) / len(ordered)}
-
+from stats import summary  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 # -- processes --------------------------------------------------------------------------------
 
@@ -113,14 +101,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM (the hub shuts its sessions down), then SIGKILL the group if it lingers."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     if proc.poll() is None:
         proc.wait(5)
 

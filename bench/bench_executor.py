@@ -66,20 +66,7 @@ WARM_TOOLS: dict[str, tuple[str, dict[str, Any]]] = {
 
 # -- statistics -------------------------------------------------------------------------------
 
-def quantile(sorted_ms: list[float], q: float) -> float:
-    """Nearest-rank quantile of an already sorted sample."""
-    if not sorted_ms:
-        return float("nan")
-    index = min(len(sorted_ms) - 1, max(0, round(q * len(sorted_ms) + 0.5) - 1))
-    return sorted_ms[index]
-
-
-def summary(samples_ms: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_ms)
-    return {"n": len(ordered), "median": quantile(ordered, 0.5), "p95": quantile(ordered, 0.95),
-            "p99": quantile(ordered, 0.99), "min": ordered[0], "max": ordered[-1],
-            "mean": sum(ordered) / len(ordered)}
-
+from stats import summary  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 # -- servers and clients ----------------------------------------------------------------------
 
