@@ -9,6 +9,7 @@ resources directly.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -90,7 +91,7 @@ class Hub:
         self._providers: ProviderSet | None = None
         self._oauth: OAuthBroker | None = None
         self._pool: SessionPool | None = None
-        self._log_filter: LiveSecretsFilter | None = None
+        self._stack: AsyncExitStack | None = None
         self.egress = EgressGuard(settings.egress_allow)
         self._egress_http: httpx2.AsyncHTTPTransport | None = None  # MCP server URLs only: guarded
         self._keyring: Keyring | None = None
@@ -131,25 +132,32 @@ class Hub:
         return self._pool
 
     async def __aenter__(self) -> Hub:
+        """Open every resource; a failure part-way closes what was already open."""
         data_dir = self.settings.data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._keyring = Keyring.from_settings(self.settings, data_dir / "encryption-keys").open()
-        state = open_store(self.settings.state_url.get_secret_value(), self.settings.state_prefix)
-        self._state = await state.__aenter__()
-        self._idempotency = IdempotencyStore(self._state, ttl=self.settings.idempotency_ttl)
-        if self.settings.rate_limit_per_minute:
-            self.limiter = self._state.limiter(self.settings.rate_limit_per_minute, self.settings.rate_limit_burst)
-        self._http = httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50))
-        self._providers = ProviderSet(self.settings, self._http)
-        self._oauth = OAuthBroker(self._oauth_identity, user_agent=self._user_agent)
-        self._egress_http = self.egress.transport(limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50))
-        opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root,
-                        http=self._egress_http, http_timeout=self.settings.connect_timeout, oauth=self._oauth,
-                        elicitation=self._elicitation, egress=self.egress)
-        self._pool = SessionPool(self.settings, opener)
-        await self._pool.__aenter__()
-        self._log_filter = LiveSecretsFilter(lambda: [s.scrubber for s in self.pool.sessions()])
-        self._log_filter.install()
+        limits = httpx2.Limits(max_connections=200, max_keepalive_connections=50)
+        async with AsyncExitStack() as stack:
+            self._keyring = Keyring.from_settings(self.settings, data_dir / "encryption-keys").open()
+            state = open_store(self.settings.state_url.get_secret_value(), self.settings.state_prefix)
+            self._state = await stack.enter_async_context(state)
+            self._idempotency = IdempotencyStore(self._state, ttl=self.settings.idempotency_ttl)
+            if self.settings.rate_limit_per_minute:
+                self.limiter = self._state.limiter(self.settings.rate_limit_per_minute, self.settings.rate_limit_burst)
+            self._http = httpx2.AsyncHTTPTransport(limits=limits)  # model providers: operator-configured URLs
+            stack.push_async_callback(self._http.aclose)
+            self._providers = ProviderSet(self.settings, self._http)
+            stack.push_async_callback(self._providers.aclose)
+            self._oauth = OAuthBroker(self._oauth_identity, user_agent=self._user_agent)
+            self._egress_http = self.egress.transport(limits=limits)  # MCP server URLs: guarded
+            stack.push_async_callback(self._egress_http.aclose)
+            opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root,
+                            http=self._egress_http, http_timeout=self.settings.connect_timeout, oauth=self._oauth,
+                            elicitation=self._elicitation, egress=self.egress)
+            self._pool = await stack.enter_async_context(SessionPool(self.settings, opener))
+            log_filter = LiveSecretsFilter(lambda: [s.scrubber for s in self.pool.sessions()])
+            log_filter.install()
+            stack.callback(log_filter.remove)
+            self._stack = stack.pop_all()
         if self.settings.prewarm:
             for entry in self.registry.entries():
                 if entry.versions[entry.latest].hosted and not any(c.required for c in entry.connections.values()):
@@ -158,29 +166,15 @@ class Hub:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
+        stack, self._stack = self._stack, None
         try:
-            if self._log_filter is not None:
-                self._log_filter.remove()
-                self._log_filter = None
-            if self._pool is not None:
-                await self._pool.__aexit__(exc_type, exc, tb)
+            if stack is not None:
+                await stack.__aexit__(exc_type, exc, tb)
         finally:
-            self._pool = None
+            # The tokens die with the hub; nothing below is usable after this.
+            self._pool = self._providers = self._oauth = self._state = self._idempotency = None
+            self._http = self._egress_http = None
             self.limiter = None
-            self._idempotency = None
-            if self._state is not None:
-                state, self._state = self._state, None
-                await state.__aexit__(exc_type, exc, tb)
-            self._oauth = None  # the tokens die with the hub
-            if self._providers is not None:
-                await self._providers.aclose()
-                self._providers = None
-            if self._http is not None:
-                await self._http.aclose()
-                self._http = None
-            if self._egress_http is not None:
-                await self._egress_http.aclose()
-                self._egress_http = None
 
     # -- resolution -------------------------------------------------------------------------
 
