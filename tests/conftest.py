@@ -30,6 +30,7 @@ os.environ.setdefault("MCP_HUB_EGRESS_ALLOW", "127.0.0.0/8,::1,localhost")
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = ROOT / "tests" / "fixtures" / "probe_server.py"
+HEADER_SERVER = ROOT / "tests" / "fixtures" / "header_server.py"
 
 
 def free_port() -> int:
@@ -77,6 +78,15 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 def probe_entry(**version: Any) -> dict[str, Any]:
     return {"description": "probe", "tags": ["test"], "versions": {"1.0.0": {"command": ["{python}", str(PROBE)], **version}}}
+
+
+@pytest.fixture
+def header_url(tmp_path: Path) -> Iterator[str]:
+    """The header server (its tool reports the request headers it got) over streamable HTTP; its URL."""
+    port = free_port()
+    proc = spawn([sys.executable, str(HEADER_SERVER), "--http", str(port)], port, tmp_path / "header-server.log")
+    yield f"http://127.0.0.1:{port}/mcp"
+    stop(proc)
 
 
 @pytest.fixture

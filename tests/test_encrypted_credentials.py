@@ -26,12 +26,11 @@ import yaml
 from dedalus_labs import Dedalus
 from dedalus_labs.lib.crypto import encrypt_credentials, fetch_encryption_key_sync
 
-from .conftest import PROBE, ROOT, free_port, spawn, stop
+from .conftest import PROBE, free_port, spawn, stop
 from .dedalus_credentials import Connection, SecretValues
 from .model_fixtures import Recorded, Reply, ScriptedModel
 
 MODEL = "openai/gpt-test"
-HEADER_SERVER = ROOT / "tests" / "fixtures" / "header_server.py"
 PROBE_SECRET = "probe-secret-3b8f0c2a"
 HEADER_SECRET = "header-secret-91d7e6f4"
 
@@ -55,14 +54,6 @@ class RunningHub:
         """The hub's key as the SDK fetches it (`{as_base_url}/.well-known/jwks.json`)."""
         with httpx.Client() as http:
             return fetch_encryption_key_sync(http, self.url)
-
-
-@pytest.fixture
-def header_url(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    proc = spawn([sys.executable, str(HEADER_SERVER), "--http", str(port)], port, tmp_path / "header-server.log")
-    yield f"http://127.0.0.1:{port}/mcp"
-    stop(proc)
 
 
 @pytest.fixture

@@ -48,13 +48,12 @@ from mcp_hub.registry import Registry
 from mcp_hub.scrubbing import REDACTED, Scrubber
 from mcp_hub.settings import Settings
 
-from .conftest import PROBE, ROOT, free_port, spawn, stop
+from .conftest import PROBE, ROOT
 from .dedalus_credentials import Connection, SecretValues
 from .hub_server import HubServer
 from .model_fixtures import Reply, ScriptedModel
 
 MODEL = "openai/gpt-test"
-HEADER_SERVER = ROOT / "tests" / "fixtures" / "header_server.py"
 
 
 # -- the planted secrets and the search for them ------------------------------------------------
@@ -170,14 +169,6 @@ def watch(tmp_path: Path, logs: Collected) -> Watch:
 
 
 # -- servers ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def header_url(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    proc = spawn([sys.executable, str(HEADER_SERVER), "--http", str(port)], port, tmp_path / "header-server.log")
-    yield f"http://127.0.0.1:{port}/mcp"
-    stop(proc)
 
 
 def _wrapped_probe(before: str) -> list[str]:
