@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from .authentication import Authentication
 from .bodies import json_body
 from .chat_api import chat_completions, list_models
 from .errors import CredentialError, HubError, RequestError, ResolutionError, ServerError
+from .executor import CallContext
 from .hub import Hub, parse_credentials
 from .ratelimit import RateLimiting
 from .registry import Entry, Registry
@@ -96,7 +98,11 @@ async def call_tool(request: Request) -> JSONResponse:
     hub = _hub(request)
     body: ToolCallRequest = _validate(ToolCallRequest, await json_body(request, hub.settings.max_body_bytes))
     credentials = parse_credentials(body.credentials)
-    result, servers = await hub.call_tool(body.server, body.tool, body.arguments, credentials, tenant=_tenant(request))
+    principal = request.state.principal
+    context = CallContext(tenant=principal.tenant, key_id=principal.key_id, request_id=f"call-{uuid.uuid4().hex[:24]}",
+                          source="direct")
+    result, servers = await hub.call_tool(body.server, body.tool, body.arguments, credentials, tenant=principal.tenant,
+                                          context=context)
     for error in servers.errors.values():
         # The caller named something that cannot be served: a 4xx. A server that could not be
         # reached is reported like any failed call: a record with `is_error` (and the server error).

@@ -54,7 +54,8 @@ async def chat_completions(request: Request) -> Response:
         if stored is not None:
             return _replay(stored)
     async with _settled(hub, None, tenant, key):
-        completion = Completion(hub, chat, tenant=tenant, provider_key=_provider_key(request))
+        completion = Completion(hub, chat, tenant=tenant, provider_key=_provider_key(request),
+                                key_id=request.state.principal.key_id)
     # The time budget covers every turn and tool call, not reading the body.
     events = within_budget(completion.events(), anyio.current_time() + settings.request_timeout,
                            settings.request_timeout)

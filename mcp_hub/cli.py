@@ -11,6 +11,7 @@ import json
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from .apikeys import ROLES, KeyStore
 from .authentication import is_loopback
 from .credentials import Credential
 from .errors import HubError, ServerError
+from .executor import CallContext
 from .hub import Hub
 from .settings import Settings
 from .views import entry_summary, tool_view
@@ -157,7 +159,9 @@ async def _call(args: argparse.Namespace) -> int:
     if not isinstance(arguments, dict):
         raise HubError("--args must be a JSON object", code="invalid_json")
     async with Hub(_settings(args)) as hub:
-        result, servers = await hub.call_tool(args.slug, args.tool, arguments, parse_cred_flags(args.cred))
+        context = CallContext(request_id=f"cli-{uuid.uuid4().hex[:24]}", source="direct")
+        result, servers = await hub.call_tool(args.slug, args.tool, arguments, parse_cred_flags(args.cred),
+                                              context=context)
     for name, error in servers.errors.items():
         print(f"error: {name}: {error.message} ({error.code}). {error.recommendation}", file=sys.stderr)
     if servers.errors and not servers.sessions:

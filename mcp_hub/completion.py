@@ -30,7 +30,7 @@ from pydantic import SecretStr
 from .catalog import ToolCatalog
 from .chat_request import ChatCompletionRequest, ModelChoice
 from .errors import ProviderError
-from .executor import ToolCall, ToolResult
+from .executor import CallContext, ToolCall, ToolResult
 from .hub import Hub, Servers, parse_credentials
 from .limits import check_tool_count
 from .providers.base import ChatRequest, ChatResult, ToolCallOut, Usage
@@ -85,8 +85,10 @@ class Completion:
     """One request's loop. Build it, then iterate `events()` once."""
 
     def __init__(self, hub: Hub, request: ChatCompletionRequest, *, tenant: str = "default",
-                 provider_key: SecretStr | None = None, completion_id: str | None = None) -> None:
+                 provider_key: SecretStr | None = None, completion_id: str | None = None,
+                 key_id: str | None = None) -> None:
         self.hub = hub
+        self.key_id = key_id  # the caller's API key id (never the key), for the audit trail
         self.request = request
         self.tenant = tenant
         self.provider_key = provider_key
@@ -182,7 +184,9 @@ class Completion:
                 yield ToolActivity("tool_call.started", call.id, tool.server, tool.tool.name)
             calls = [ToolCall(server=tool.server, tool=tool.tool.name, arguments=call.arguments, id=call.id)
                      for call in mcp_calls if (tool := catalog.mcp(call.name))]
-            batch = await self.hub.execute(calls, servers, parallel=parallel)
+            context = CallContext(tenant=self.tenant, key_id=self.key_id, request_id=self.id, model=state.model,
+                                  turn=state.turns)
+            batch = await self.hub.execute(calls, servers, parallel=parallel, context=context)
             for item in batch.results:
                 state.results.append(item)
                 state.executed.append(item.tool_name)

@@ -36,6 +36,19 @@ class ToolCall:
     id: str = ""
 
 
+@dataclass(frozen=True)
+class CallContext:
+    """Who asked for a batch of calls and within what, for the audit trail (never a secret)."""
+
+    tenant: str = "default"
+    key_id: str | None = None  # the API key's id, never the key
+    request_id: str | None = None  # the completion id (chatcmpl-…) or the direct call's id
+    correlation_id: str | None = None  # a handoff's correlation id
+    model: str | None = None
+    turn: int | None = None  # the model turn (1-based) whose calls these are
+    source: str = "completion"  # completion | handoff | deferred | direct | gateway
+
+
 class ToolResult(BaseModel):
     """One `mcp_tool_results` item (plus the call id and an error code for hub-side failures)."""
 

@@ -25,7 +25,7 @@ from .credentials import Credential, bind
 from .egress import EgressGuard
 from .envelopes import unseal
 from .errors import NotFound, RequestError, ServerError
-from .executor import Batch, Executor, ToolCall, ToolResult
+from .executor import Batch, CallContext, Executor, ToolCall, ToolResult
 from .idempotency import IdempotencyStore
 from .keyring import Keyring
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
@@ -223,7 +223,9 @@ class Hub:
             servers.sessions.pop(name, None)
         return {name: tools[name] for name in servers.sessions if name in tools}
 
-    async def execute(self, calls: Sequence[ToolCall], servers: Servers, *, parallel: bool = True) -> Batch:
+    async def execute(self, calls: Sequence[ToolCall], servers: Servers, *, parallel: bool = True,
+                      context: CallContext | None = None) -> Batch:
+        """Run `calls` on `servers`; `context` says for whom and within what (the audit trail's fields)."""
         batch = await self.executor.run(calls, servers.sessions, parallel=parallel)
         for name, error in batch.server_errors.items():
             servers.errors.setdefault(name, error)
@@ -232,7 +234,8 @@ class Hub:
     # -- one-shot operations (API and CLI) ----------------------------------------------------
 
     async def call_tool(self, server: Any, tool: str, arguments: dict[str, Any] | None,
-                        credentials: Sequence[Credential] = (), *, tenant: str = "default") -> tuple[ToolResult, Servers]:
+                        credentials: Sequence[Credential] = (), *, tenant: str = "default",
+                        context: CallContext | None = None) -> tuple[ToolResult, Servers]:
         """Resolve one server and run one tool on it."""
         if isinstance(server, list) and len(server) != 1:
             raise RequestError("`server` names exactly one server", param="server")

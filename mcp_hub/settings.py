@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         "redis://[:password@]host:port/db (also rediss://, unix://) for several hubs that act as one.")
     state_prefix: str = Field("mcp-hub:", min_length=1, description="Prefix of every key the hub writes to Redis.")
 
+    # Durable records (audit trail, marketplace registrations): SQLite in data_dir, or PostgreSQL.
+    database_url: SecretStr | None = Field(
+        None, description="postgresql://user:password@host:port/db for records shared by several hubs; "
+        "unset: the SQLite file data_dir/records.sqlite3 (WAL mode).")
+
     # Limits (each refused with an error naming the limit; per-call timeouts are `call_timeout` above).
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body; over it: 413 body_too_large.")
     max_servers_per_request: int = Field(
@@ -224,6 +229,11 @@ class Settings(BaseSettings):
     def keys_path(self) -> Path:
         """The SQLite file of hub API keys."""
         return self.data_dir / "hub.sqlite3"
+
+    @property
+    def records_path(self) -> Path:
+        """The SQLite file of durable records when `database_url` is unset."""
+        return self.data_dir / "records.sqlite3"
 
     @property
     def logs_dir(self) -> Path:
