@@ -15,12 +15,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, openapi
 from .api_models import ToolCallRequest
 from .authentication import Authentication
 from .bodies import json_body
-from .chat_api import chat_completions, list_models
+from .chat_api import chat_completions, deferred_completion, list_models
 from .errors import CredentialError, HubError, RequestError, ResolutionError, ServerError
 from .executor import CallContext
 from .hub import Hub, parse_credentials
@@ -142,7 +143,28 @@ ROUTES = [
     Route("/v1/tools/call", call_tool, methods=["POST"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/chat/deferred-completion/{request_id}", deferred_completion, methods=["GET"]),
 ]
+
+
+class InstanceHeader:
+    """Adds `x-hub-instance: <instance_name>` to every HTTP response (which hub behind a balancer answered)."""
+
+    def __init__(self, app: ASGIApp, name: str) -> None:
+        self.app = app
+        self.header = (b"x-hub-instance", name.encode("latin-1", "replace"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, with_header)
 
 
 def create_app(settings: Settings, registry: Registry | None = None) -> Starlette:
@@ -155,7 +177,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Starlett
             yield {"hub": hub}
 
     # Authentication first: the rate limit counts per API key.
-    middleware = [Middleware(Authentication, keys=hub.keys), Middleware(RateLimiting, limiter=lambda: hub.limiter)]
+    middleware = [Middleware(InstanceHeader, name=hub.instance), Middleware(Authentication, keys=hub.keys),
+                  Middleware(RateLimiting, limiter=lambda: hub.limiter)]
     return Starlette(routes=ROUTES, lifespan=lifespan, middleware=middleware,
                      exception_handlers={HubError: _error_response, HTTPException: _error_response,
                                          Exception: _error_response})

@@ -11,6 +11,8 @@
     │   └── RateLimited (429)      rate_limited: the caller's key is over its
     │                              per-minute limit (`retry-after` says when)
     ├── RequestTimeout (504)       request_timeout: the request's time budget ran out
+    ├── DeferredInterrupted (503)  deferred_interrupted: the hub running a deferred
+    │                              completion shut down before it finished
     ├── ProviderError (502)        the model provider failed (provider_error);
     │   │                          `retryable` drives fallback to the next model
     │   ├── ProviderTimeout (504)  provider_timeout
@@ -135,6 +137,13 @@ class RequestTimeout(HubError):
 
     def headers(self) -> dict[str, str]:
         return {"x-should-retry": "false"}
+
+
+class DeferredInterrupted(HubError):
+    """A deferred completion's hub instance shut down before it finished (recorded, HTTP 503)."""
+
+    status = 503
+    code = "deferred_interrupted"
 
 
 class ProviderError(HubError):

@@ -8,6 +8,8 @@ resources directly.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -22,10 +24,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from .apikeys import KeyStore
 from .credentials import Credential, bind
+from .deferred import DeferredCompletions
 from .egress import EgressGuard
 from .envelopes import unseal
 from .errors import NotFound, RequestError, ServerError
 from .executor import Batch, CallContext, Executor, ToolCall, ToolResult
+from .handoff import HandoffStore
 from .idempotency import IdempotencyStore
 from .keyring import Keyring
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
@@ -98,6 +102,9 @@ class Hub:
         self.limiter: RateLimiter | None = None  # per-key request rate; None: unlimited (or not running)
         self._state: StateStore | None = None
         self._idempotency: IdempotencyStore | None = None
+        self._handoffs: HandoffStore | None = None
+        self._deferred: DeferredCompletions | None = None
+        self.instance = settings.instance_name or f"{socket.gethostname()}:{os.getpid()}"
 
     @property
     def providers(self) -> ProviderSet:
@@ -126,6 +133,20 @@ class Hub:
         return self._idempotency
 
     @property
+    def handoffs(self) -> HandoffStore:
+        """Saved loop state of client-tool handoffs (in the state store)."""
+        if self._handoffs is None:
+            raise RuntimeError("the hub is not running")
+        return self._handoffs
+
+    @property
+    def deferred(self) -> DeferredCompletions:
+        """Deferred completions: background work on the hub's task group, records in the state store."""
+        if self._deferred is None:
+            raise RuntimeError("the hub is not running")
+        return self._deferred
+
+    @property
     def pool(self) -> SessionPool:
         if self._pool is None:
             raise RuntimeError("the hub is not running")
@@ -141,6 +162,7 @@ class Hub:
             state = open_store(self.settings.state_url.get_secret_value(), self.settings.state_prefix)
             self._state = await stack.enter_async_context(state)
             self._idempotency = IdempotencyStore(self._state, ttl=self.settings.idempotency_ttl)
+            self._handoffs = HandoffStore(self._state, self.settings.handoff_ttl)
             if self.settings.rate_limit_per_minute:
                 self.limiter = self._state.limiter(self.settings.rate_limit_per_minute, self.settings.rate_limit_burst)
             self._http = httpx2.AsyncHTTPTransport(limits=limits)  # model providers: operator-configured URLs
@@ -157,6 +179,11 @@ class Hub:
             log_filter = LiveSecretsFilter(lambda: [s.scrubber for s in self.pool.sessions()])
             log_filter.install()
             stack.callback(log_filter.remove)
+            # Background work (deferred completions) outlives requests, not the hub: cancelled first on exit.
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tasks.cancel_scope.cancel)
+            self._deferred = DeferredCompletions(self._state, tasks, ttl=self.settings.deferred_ttl,
+                                                 lease=self.settings.deferred_lease, instance=self.instance)
             self._stack = stack.pop_all()
         if self.settings.prewarm:
             for entry in self.registry.entries():
@@ -173,6 +200,8 @@ class Hub:
         finally:
             # The tokens die with the hub; nothing below is usable after this.
             self._pool = self._providers = self._oauth = self._state = self._idempotency = None
+            self._handoffs = None
+            self._deferred = None
             self._http = self._egress_http = None
             self.limiter = None
 

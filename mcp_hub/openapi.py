@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from . import __version__
 from .api_models import (
     ChatCompletion,
+    DeferredStatus,
     ErrorBody,
     Health,
     Jwks,
@@ -31,7 +32,7 @@ _REF = "#/components/schemas/{model}"
 
 
 _MODELS: list[type[BaseModel]] = [ErrorBody, Health, ServerList, ServerDetail, ToolCallRequest, ToolRecord,
-                                  ChatCompletionRequest, ChatCompletion, ModelList, Jwks]
+                                  ChatCompletionRequest, ChatCompletion, ModelList, Jwks, DeferredStatus]
 _ERRORS = {
     "400": "Malformed input", "401": "Missing or invalid API key", "404": "Not found",
     "413": "Body too large", "422": "Idempotency-Key reused",
@@ -120,7 +121,14 @@ def document(prefixes: list[str]) -> dict[str, Any]:
                                "`rate_limit_per_minute` per API key (429 rate_limited with retry-after).",
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": _ref(ChatCompletionRequest)}}},
-                "responses": {"200": chat_ok, **_errors("400", "401", "404", "413", "422", "429", "502", "504")}}},
+                "responses": {"200": chat_ok, "202": _json(DeferredStatus, "Deferred: running in the background"),
+                              **_errors("400", "401", "404", "413", "422", "429", "502", "504")}}},
+            "/v1/chat/deferred-completion/{request_id}": {"get": {
+                "operationId": "getDeferredCompletion", "security": auth, "parameters": [path("request_id")],
+                "description": "A deferred completion (`deferred: true`): 202 while it runs, 200 with the "
+                               "completion, the error's status and body if it failed, 404 unknown or expired.",
+                "responses": {"200": _json(ChatCompletion), "202": _json(DeferredStatus, "Still running"),
+                              **_errors("400", "401", "404", "429", "502", "503", "504")}}},
             "/v1/models": {"get": {"operationId": "listModels", "security": auth,
                                    "responses": {"200": _json(ModelList), **_errors("401", "429")}}},
         },

@@ -113,6 +113,14 @@ class Settings(BaseSettings):
         "redis://[:password@]host:port/db (also rediss://, unix://) for several hubs that act as one.")
     state_prefix: str = Field("mcp-hub:", min_length=1, description="Prefix of every key the hub writes to Redis.")
 
+    # Client-tool handoffs and deferred completions (state kept in the state store).
+    handoff_ttl: float = Field(3600.0, gt=0, description="Seconds a handoff's saved loop state (correlation_id) is kept.")
+    deferred_ttl: float = Field(3600.0, gt=0, description="Seconds a finished deferred completion can be fetched.")
+    deferred_lease: float = Field(30.0, gt=0, description="Seconds a running deferred completion's record outlives "
+                                  "its last heartbeat (an instance that dies leaves it for at most this long).")
+    instance_name: str | None = Field(None, min_length=1, max_length=128, description="This hub's name in the "
+                                      "X-Hub-Instance response header; default host:pid.")
+
     # Durable records (audit trail, marketplace registrations): SQLite in data_dir, or PostgreSQL.
     database_url: SecretStr | None = Field(
         None, description="postgresql://user:password@host:port/db for records shared by several hubs; "
