@@ -17,7 +17,7 @@ from mcp_hub.registry import Registry
 
 from .conftest import ROOT, asgi_client, probe_entry
 from .model_fixtures import Call, Reply, ScriptedModel
-from .test_completions import ECHO, ask, chat_settings
+from .test_completions import ECHO, ask, chat_settings, stream
 
 WORD: Any = {"type": "function", "function": {"name": "get_word", "parameters": {"type": "object"}}}
 SHOUT: Any = {"type": "function", "function": {"name": "shout", "parameters": {"type": "object"}}}
@@ -123,6 +123,26 @@ async def test_stateless_resume_with_deferred_calls(tmp_path: Path, scripted_mod
     assert [c["id"] for c in seen[1]["tool_calls"]] == ["call_word", "call_later"]
     assert {m["tool_call_id"]: m["content"] for m in seen[2:]} == {"call_word": "banana",
                                                                    "call_later": '{"result":"banana"}'}
+
+
+async def test_streamed_handoff_then_streamed_resume(chat: tuple[httpx2.AsyncClient, Hub],
+                                                    scripted_model: ScriptedModel) -> None:
+    client, _ = chat
+    scripted_model.push(mixed_turn(), Reply.say("streamed answer", chunk_size=5))
+    events = await stream(client, begin(stream_options={"include_tool_events": True}))
+    final = events[-2][1]
+    assert final["choices"][0]["finish_reason"] == "tool_calls"
+    assert [c["id"] for c in final["choices"][0]["delta"]["tool_calls"]] == ["call_word"]
+    assert final["deferred"][0]["id"] == "call_later" and final["correlation_id"].startswith("corr_")
+    assert list(final["server_results"]) == ["call_ready"] and final["pending_tools"][0]["id"] == "call_word"
+    first = {"choices": [{"message": {"tool_calls": [{"id": "call_word", "type": "function",
+                                                      "function": {"name": "get_word", "arguments": "{}"}}]}}]}
+    events = await stream(client, resume(first, assistant=False, stream_options={"include_tool_events": True}))
+    activity = [data["event"] for _, data in events[:-1] if not data["choices"]]
+    assert [(a["type"], a["call_id"]) for a in activity] == [("tool_call.started", "call_later"),
+                                                             ("tool_call.completed", "call_later")]
+    text = "".join(data["choices"][0]["delta"].get("content") or "" for _, data in events[:-1] if data["choices"])
+    assert text == "streamed answer" and len(events[-2][1]["mcp_tool_results"]) == 2
 
 
 @pytest.mark.parametrize("assistant", [True, False], ids=["with-assistant", "orphan-tool-messages"])
