@@ -120,8 +120,8 @@ class Completion:
 
     @property
     def tools_ran(self) -> bool:
-        """Whether any MCP tool was executed (so a retry must not run this request again)."""
-        return bool(self._state.results)
+        """Whether this request executed an MCP tool (so a retry must not run it again)."""
+        return len(self._state.results) > self._state.carried
 
     @property
     def model(self) -> str:
@@ -209,6 +209,8 @@ class Completion:
             ready = [_Run(call.id, call.name, graph.arguments[call.id]) for call in mcp_calls if call.id not in blocked]
             values: dict[str, Any] = {}
             rendered: dict[str, str] = {}
+            if structured and client_calls:  # a handoff: its calls are audited under its correlation id
+                self.correlation_id = self.correlation_id or new_correlation_id()
             context = self._context(turn=state.turns)
             async for event in self._run(ready, graph.needs, values, rendered, catalog, servers, parallel, context):
                 yield event
@@ -376,7 +378,7 @@ class Completion:
                             "dependencies": [dep for dep in graph.needs[call.id] if dep in client_ids]})
         answered = [call for call in result.tool_calls if call.id not in client_ids and call.id not in blocked]
         replaced = self._resumed
-        self.correlation_id = self.correlation_id or new_correlation_id()
+        assert self.correlation_id is not None
         record = {
             "correlation_id": self.correlation_id,
             "conversation": messages,

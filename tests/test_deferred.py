@@ -42,7 +42,15 @@ async def test_deferred_completion_runs_in_the_background(tmp_path: Path, script
     other, _ = keys.create("other")
     scripted_model.responder = ToolThenAnswer(tool="__echo", arguments={"text": "deep"}, answer="Got {result}")
     scripted_model.push(Reply.call(("test-probe__echo", {"text": "deep"}), delay=0.3))
-    async with asgi_client(chat_settings(tmp_path, scripted_model), registry()) as (client, _):
+    async with asgi_client(chat_settings(tmp_path, scripted_model), registry()) as (client, hub):
+        sources: list[str] = []
+        execute = hub.execute
+
+        async def recording(calls: Any, servers: Any, *, parallel: bool = True, context: Any = None) -> Any:
+            sources.append(context.source)
+            return await execute(calls, servers, parallel=parallel, context=context)
+
+        hub.execute = recording  # type: ignore[method-assign]
         mine = {"Authorization": f"Bearer {acme}"}
         started = await client.post("/v1/chat/completions", json=ask(mcp_servers="test/probe", deferred=True),
                                     headers=mine)
@@ -57,7 +65,7 @@ async def test_deferred_completion_runs_in_the_background(tmp_path: Path, script
         assert statuses[0] == 202 and done.status_code == 200
         body = done.json()
         assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"] == 'Got {"result":"deep"}'
-        assert body["tools_executed"] == ["echo"]
+        assert body["tools_executed"] == ["echo"] and sources == ["deferred"]
         unknown = await client.get("/v1/chat/deferred-completion/defer_nope", headers=mine)
         assert unknown.status_code == 404
         streamed = await client.post("/v1/chat/completions", json=ask(deferred=True, stream=True), headers=mine)

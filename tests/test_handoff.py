@@ -10,6 +10,7 @@ from typing import Any
 import httpx2
 import pytest
 
+from mcp_hub.executor import CallContext
 from mcp_hub.handoff import without_credentials
 from mcp_hub.hub import Hub
 from mcp_hub.references import TurnGraph, client_value, substitute, waves
@@ -225,3 +226,25 @@ async def test_saved_state_holds_no_plaintext_credentials(chat: tuple[httpx2.Asy
     assert SECRET not in json.dumps(first)
     spec = [{"slug": "test/probe", "name": "p", "credentials": {"probe": "<envelope>"}}, "hub/time"]
     assert without_credentials(spec) == [{"slug": "test/probe", "name": "p"}, "hub/time"]
+
+
+async def test_call_contexts_name_the_handoff_and_the_source(chat: tuple[httpx2.AsyncClient, Hub],
+                                                            scripted_model: ScriptedModel) -> None:
+    client, hub = chat
+    contexts: list[tuple[list[str], CallContext | None]] = []
+    execute = hub.execute
+
+    async def recording(calls: Any, servers: Any, *, parallel: bool = True, context: CallContext | None = None) -> Any:
+        contexts.append(([call.id for call in calls], context))
+        return await execute(calls, servers, parallel=parallel, context=context)
+
+    hub.execute = recording  # type: ignore[method-assign]
+    scripted_model.push(mixed_turn(), Reply.say("done"))
+    first = (await client.post("/v1/chat/completions", json=begin())).json()
+    await client.post("/v1/chat/completions", json=resume(first))
+    (ready, ready_context), (later, later_context) = contexts
+    assert ready == ["call_ready"] and later == ["call_later"]
+    assert ready_context is not None and later_context is not None
+    assert ready_context.correlation_id == later_context.correlation_id == first["correlation_id"]
+    assert (ready_context.source, ready_context.turn) == ("completion", 1)
+    assert later_context.source == "handoff" and later_context.tenant == "default"
