@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from .bodies import decode_json, read_body
 from .chat_request import ChatCompletionRequest
 from .completion import Completion, Event, Finished, ToolActivity
-from .errors import HubError, NotFound, RequestError, RequestTimeout
+from .errors import HubError, NotFound, RequestTimeout
 from .hub import Hub
 from .idempotency import StoredResponse, fingerprint
 from .limits import check_client_tools, check_servers
@@ -54,9 +54,8 @@ async def chat_completions(request: Request) -> Response:
         if stored is not None:
             return _replay(stored)
     async with _settled(hub, None, tenant, key):
-        if chat.deferred and chat.stream:
-            raise RequestError("deferred: a deferred completion cannot be streamed; fetch it with "
-                               "GET /v1/chat/deferred-completion/{request_id}", param="deferred")
+        if chat.deferred and chat.stream:  # the result is fetched whole, later: nothing to stream
+            chat = chat.model_copy(update={"stream": False})
         completion = Completion(hub, chat, tenant=tenant, provider_key=_provider_key(request),
                                 key_id=request.state.principal.key_id,
                                 source="deferred" if chat.deferred else "completion")

@@ -29,7 +29,7 @@ from pydantic import SecretStr
 
 from .catalog import ToolCatalog
 from .chat_request import ChatCompletionRequest, ModelChoice
-from .errors import NotFound, ProviderError, RequestError
+from .errors import NotFound, ProviderError
 from .executor import CallContext, ToolCall, ToolResult
 from .handoff import DeferredCall, Handoff, Resume, new_correlation_id, trailing_tool_run, without_credentials
 from .hub import Hub, Servers, parse_credentials
@@ -279,17 +279,8 @@ class Completion:
                 raise NotFound("no saved handoff state for this correlation_id (unknown, expired or already "
                                "finished); send the whole conversation with handoff_mode false or absent",
                                code="handoff_not_found", param="correlation_id")
-        if request.deferred_calls:
-            try:
-                deferred = [DeferredCall.model_validate(item) for item in request.deferred_calls]
-            except ValueError:
-                raise RequestError("deferred_calls: each item is the previous response's deferred entry "
-                                   "{id, name, arguments, blocked_by, dependencies, venue}",
-                                   param="deferred_calls") from None
-            if not trailing:
-                raise RequestError("deferred_calls: the messages must end with the tool results they wait for",
-                                   param="deferred_calls")
-            return Resume(deferred_calls=deferred)
+        if request.deferred_calls and trailing:  # without tool results there is nothing they could wait for
+            return Resume(deferred_calls=list(request.deferred_calls))
         if trailing:
             handoff = await store.find(self.tenant, trailing)
             if handoff is not None:

@@ -26,20 +26,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from .chat_request import DeferredCall
 from .state import StateStore
 
-
-class DeferredCall(BaseModel):
-    """An MCP call waiting on client output (`deferred` in the response, `deferred_calls` in a request)."""
-
-    id: str = Field(min_length=1)
-    name: str = Field(min_length=1)
-    arguments: Any = None
-    blocked_by: list[str] = Field(default_factory=list)
-    dependencies: list[str] = Field(default_factory=list)
-    venue: str = "server"
-    server_name: str | None = None
-    tool_name: str | None = None
+__all__ = ["DeferredCall", "Handoff", "HandoffStore", "Resume"]
 
 
 class Handoff(BaseModel):

@@ -38,6 +38,7 @@ _ERRORS = {
     "413": "Body too large", "422": "Idempotency-Key reused",
     "429": "Rate limited: this API key's requests per minute (or the model provider's) are used up",
     "502": "Model provider failed", "504": "Model provider or the request's time budget timed out",
+    "503": "The hub running a deferred completion shut down (deferred_interrupted)",
 }
 # Sent with every response of a rate-limited route while rate limiting is on.
 _RATE_HEADERS = {name: {"description": description, "schema": {"type": "string"}} for name, description in [

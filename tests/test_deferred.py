@@ -68,8 +68,11 @@ async def test_deferred_completion_runs_in_the_background(tmp_path: Path, script
         assert body["tools_executed"] == ["echo"] and sources == ["deferred"]
         unknown = await client.get("/v1/chat/deferred-completion/defer_nope", headers=mine)
         assert unknown.status_code == 404
+        scripted_model.push(Reply.say("whole"))
         streamed = await client.post("/v1/chat/completions", json=ask(deferred=True, stream=True), headers=mine)
-        assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "deferred"
+        assert streamed.status_code == 202  # `stream` has no meaning for a result fetched later
+        fetched, _ = await poll(client, streamed.json()["request_id"], mine)
+        assert fetched.json()["choices"][0]["message"]["content"] == "whole"
 
 
 async def test_heartbeat_outlives_the_lease_and_failures_are_recorded(tmp_path: Path,
