@@ -13,6 +13,13 @@ for client tools (returned to the caller with `finish_reason: "tool_calls"`); or
 when `max_turns` model calls are used up, in which case the last turn's MCP calls
 are not executed and are listed in `unexecuted_tool_calls` (`finish_reason:
 "length"`, `turns_exhausted: true`).
+
+Handoffs (README "Client tools and handoffs"): a turn with client calls runs only the
+MCP calls that need no client output (`references.py`: the `$ref` rule, waves), saves
+the loop state (`handoff.py`) and answers with `pending_tools`, `server_results`,
+`deferred` and `correlation_id`. A follow-up request is matched to that state before
+its servers open, its conversation rebuilt and its deferred calls run, then the loop
+goes on.
 """
 
 from __future__ import annotations
@@ -480,8 +487,9 @@ def _attach_orphan_tool_results(messages: list[dict[str, Any]], client_tools: li
 
     The streaming Dedalus runner sends its local tools' results without the assistant
     message that called them; providers reject such orphans (OpenAI: 400; Anthropic: a
-    `tool_result` without its `tool_use`). Without saved loop state (the handoff issue)
-    the call is synthesised: named after the request's only client tool when there is
+    `tool_result` without its `tool_use`). Saved handoff state re-attaches them first
+    (`Completion._resume`); this is the fallback for what no state explains: the call is
+    synthesised: named after the request's only client tool when there is
     exactly one, else a neutral placeholder, with empty arguments. Consecutive orphans
     share one synthesised message, as parallel calls would.
     """

@@ -248,3 +248,28 @@ async def test_call_contexts_name_the_handoff_and_the_source(chat: tuple[httpx2.
     assert ready_context.correlation_id == later_context.correlation_id == first["correlation_id"]
     assert (ready_context.source, ready_context.turn) == ("completion", 1)
     assert later_context.source == "handoff" and later_context.tenant == "default"
+
+
+async def test_two_handoffs_in_one_exchange_keep_one_correlation_id(chat: tuple[httpx2.AsyncClient, Hub],
+                                                                    scripted_model: ScriptedModel) -> None:
+    client, hub = chat
+    scripted_model.push(Reply(tool_calls=[Call(name=ECHO, arguments={"text": "a"}, id="m1"),
+                                          Call(name="get_word", arguments={}, id="w1")]),
+                        Reply(tool_calls=[Call(name="get_word", arguments={}, id="w2"),
+                                          Call(name=ECHO, arguments={"text": {"$ref": "w2"}}, id="m2")]),
+                        Reply.say("done"))
+    first = (await client.post("/v1/chat/completions", json=begin())).json()
+    second = (await client.post("/v1/chat/completions", json=resume(first, assistant=False))).json()
+    assert second["correlation_id"] == first["correlation_id"]
+    assert [c["id"] for c in second["choices"][0]["message"]["tool_calls"]] == ["w2"]
+    assert await hub.state.get("default", "handoff-call:w1") is None  # the first handoff's index is replaced
+    # The streaming runner's history: only its own orphan tool messages, from both handoffs.
+    history = [{"role": "user", "content": "use the tools"}, {"role": "tool", "tool_call_id": "w1", "content": "banana"},
+               {"role": "tool", "tool_call_id": "w2", "content": "cherry"}]
+    final = (await client.post("/v1/chat/completions", json={**begin(), "messages": history})).json()
+    assert final["choices"][0]["message"]["content"] == "done"
+    assert [r["arguments"]["text"] for r in final["mcp_tool_results"]] == ["a", "cherry"]
+    seen = scripted_model.requests[2].messages
+    assert [m["role"] for m in seen] == ["user", "assistant", "tool", "tool", "assistant", "tool", "tool"]
+    assert [m.get("content") for m in seen if m["role"] == "tool"] == ['{"result":"a"}', "banana", "cherry",
+                                                                     '{"result":"cherry"}']
