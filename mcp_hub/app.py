@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from . import __version__, openapi
 from .api_models import ToolCallRequest
@@ -133,6 +134,13 @@ async def _error_response(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": error, **error}, status_code=500)
 
 
+class GatewayEndpoint:
+    """`/mcp/{org}/{name}`: the MCP gateway (a raw ASGI endpoint: the SDK's transport answers)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await scope["state"]["hub"].gateway.handle(scope, receive, send)
+
+
 ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/openapi.json", openapi_document, methods=["GET"]),
@@ -142,6 +150,7 @@ ROUTES = [
     Route("/v1/tools/call", call_tool, methods=["POST"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
+    Route("/mcp/{org}/{name}", GatewayEndpoint(), methods=["GET", "POST", "DELETE"]),
 ]
 
 

@@ -26,6 +26,7 @@ from .egress import EgressGuard
 from .envelopes import unseal
 from .errors import NotFound, RequestError, ServerError
 from .executor import Batch, CallContext, Executor, ToolCall, ToolResult
+from .gateway import Gateway
 from .idempotency import IdempotencyStore
 from .keyring import Keyring
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
@@ -98,6 +99,7 @@ class Hub:
         self.limiter: RateLimiter | None = None  # per-key request rate; None: unlimited (or not running)
         self._state: StateStore | None = None
         self._idempotency: IdempotencyStore | None = None
+        self._gateway: Gateway | None = None
 
     @property
     def providers(self) -> ProviderSet:
@@ -124,6 +126,13 @@ class Hub:
         if self._idempotency is None:
             raise RuntimeError("the hub is not running")
         return self._idempotency
+
+    @property
+    def gateway(self) -> Gateway:
+        """The MCP gateway (`/mcp/{org}/{name}`), its session manager running while the hub runs."""
+        if self._gateway is None:
+            raise RuntimeError("the hub is not running")
+        return self._gateway
 
     @property
     def pool(self) -> SessionPool:
@@ -157,6 +166,8 @@ class Hub:
             log_filter = LiveSecretsFilter(lambda: [s.scrubber for s in self.pool.sessions()])
             log_filter.install()
             stack.callback(log_filter.remove)
+            self._gateway = Gateway(self)
+            await stack.enter_async_context(self._gateway.run())
             self._stack = stack.pop_all()
         if self.settings.prewarm:
             for entry in self.registry.entries():
@@ -173,6 +184,7 @@ class Hub:
         finally:
             # The tokens die with the hub; nothing below is usable after this.
             self._pool = self._providers = self._oauth = self._state = self._idempotency = None
+            self._gateway = None
             self._http = self._egress_http = None
             self.limiter = None
 

@@ -33,6 +33,7 @@ from mcp import Client, MCPError
 from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, INVALID_REQUEST, REQUEST_TIMEOUT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from .backchannel import BackChannel, current_relay
 from .credentials import Binding
 from .errors import ConnectError, ServerError, SessionLost
 from .resolution import Target
@@ -108,6 +109,7 @@ class ManagedSession:
         self.binding = binding
         self.hosted = target.version.kind == "stdio"
         self.scrubber = Scrubber(binding.secrets())
+        self.backchannel = BackChannel(opener.elicitation)
         self._opener = opener
         self._policy = policy
         self._client: Client | None = None
@@ -169,7 +171,8 @@ class ManagedSession:
                 with anyio.CancelScope(deadline=anyio.current_time() + self._policy.connect_timeout) as deadline:
                     try:
                         async with self._opener.open(self.target, self.binding, on_message=self._on_message,
-                                                     closed=wake, tenant=self.key.tenant) as client:
+                                                     closed=wake, tenant=self.key.tenant,
+                                                     backchannel=self.backchannel) as client:
                             tools = await _list_all_tools(client)
                             async with anyio.create_task_group() as watchers:
                                 if _modern_list_changed(client):
@@ -285,6 +288,14 @@ class ManagedSession:
                 client, generation = await self.client(self._policy.connect_timeout)
                 request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=arguments))
                 try:
+                    relay = current_relay.get()
+                    if relay is not None:  # a gateway call: its client gets the server's back-channel traffic
+                        with self.backchannel.attached(relay):
+                            result = await client.session.send_request(
+                                request, types.CallToolResult, request_read_timeout_seconds=timeout,
+                                progress_callback=relay.progress)
+                        relay.capture(result, self.scrubber.value)
+                        return result
                     # send_request skips the SDK's output-schema check: the hub passes results through.
                     return await client.session.send_request(request, types.CallToolResult,
                                                              request_read_timeout_seconds=timeout)

@@ -140,6 +140,14 @@ class Settings(BaseSettings):
     encryption_key_grace: float = Field(
         7 * 24 * 3600.0, ge=0, description="Seconds a rotated-out key still decrypts before it is deleted.")
 
+    # The MCP gateway (/mcp/{org}/{name}): which Host and Origin headers it answers (DNS rebinding).
+    gateway_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host headers the MCP gateway accepts besides loopback names and `host` "
+        "(`name:port`, `name:*`; comma-separated); `*` turns the check off (behind a proxy that checks Host).")
+    gateway_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origin headers the MCP gateway accepts besides loopback origins "
+        "(`https://app.example`, `http://name:*`); requests without an Origin are always accepted.")
+
     _config_file: ClassVar[Path | None] = None
 
     @field_validator("providers")
@@ -166,6 +174,14 @@ class Settings(BaseSettings):
             value = json.loads(text) if text.startswith("[") else [part.strip() for part in text.split(",") if part.strip()]
         if isinstance(value, list):
             Allowlist.parse(str(item) for item in value)  # a bad entry fails at start-up, named
+        return value
+
+    @field_validator("gateway_allowed_hosts", "gateway_allowed_origins", mode="before")
+    @classmethod
+    def _name_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [part.strip() for part in text.split(",") if part.strip()]
         return value
 
     @field_validator("state_url")
