@@ -22,6 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from .apikeys import KeyStore
 from .credentials import Credential, bind
+from .database import Database, open_database
 from .egress import EgressGuard
 from .envelopes import unseal
 from .errors import NotFound, RequestError, ServerError
@@ -98,6 +99,14 @@ class Hub:
         self.limiter: RateLimiter | None = None  # per-key request rate; None: unlimited (or not running)
         self._state: StateStore | None = None
         self._idempotency: IdempotencyStore | None = None
+        self._database: Database | None = None
+
+    @property
+    def database(self) -> Database:
+        """The durable-records database (`database_url`, else SQLite in the data folder)."""
+        if self._database is None:
+            raise RuntimeError("the hub is not running")
+        return self._database
 
     @property
     def providers(self) -> ProviderSet:
@@ -141,6 +150,8 @@ class Hub:
             state = open_store(self.settings.state_url.get_secret_value(), self.settings.state_prefix)
             self._state = await stack.enter_async_context(state)
             self._idempotency = IdempotencyStore(self._state, ttl=self.settings.idempotency_ttl)
+            database_url = self.settings.database_url.get_secret_value() if self.settings.database_url else None
+            self._database = await stack.enter_async_context(open_database(database_url, self.settings.records_path))
             if self.settings.rate_limit_per_minute:
                 self.limiter = self._state.limiter(self.settings.rate_limit_per_minute, self.settings.rate_limit_burst)
             self._http = httpx2.AsyncHTTPTransport(limits=limits)  # model providers: operator-configured URLs
@@ -172,7 +183,7 @@ class Hub:
                 await stack.__aexit__(exc_type, exc, tb)
         finally:
             # The tokens die with the hub; nothing below is usable after this.
-            self._pool = self._providers = self._oauth = self._state = self._idempotency = None
+            self._pool = self._providers = self._oauth = self._state = self._idempotency = self._database = None
             self._http = self._egress_http = None
             self.limiter = None
 
