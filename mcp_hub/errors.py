@@ -11,6 +11,8 @@
     │   └── RateLimited (429)      rate_limited: the caller's key is over its
     │                              per-minute limit (`retry-after` says when)
     ├── RequestTimeout (504)       request_timeout: the request's time budget ran out
+    ├── AuditUnavailable (503)     audit_unavailable: a tool ran but its audit record
+    │                              could not be committed, so the result is withheld
     ├── ProviderError (502)        the model provider failed (provider_error);
     │   │                          `retryable` drives fallback to the next model
     │   ├── ProviderTimeout (504)  provider_timeout
@@ -132,6 +134,21 @@ class RequestTimeout(HubError):
 
     def to_body(self) -> dict[str, Any]:
         return {**super().to_body(), "tools_executed": self.tools_executed}
+
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "false"}
+
+
+class AuditUnavailable(HubError):
+    """The audit trail could not commit a tool execution's record (HTTP 503).
+
+    The tool has run; the response that would report it is withheld rather than sent
+    unrecorded. `x-should-retry: false`: a retry would run the tool again.
+    """
+
+    status = 503
+    code = "audit_unavailable"
+    type = "server_error"
 
     def headers(self) -> dict[str, str]:
         return {"x-should-retry": "false"}
