@@ -6,6 +6,7 @@
     ├── ConfigError                bad settings or registry file (start-up only)
     ├── RequestError (400)         the caller's input is malformed
     │   ├── NotFound (404)         a route object (server, record) does not exist
+    │   ├── Forbidden (403)        forbidden: the caller's key lacks the role
     │   ├── TooLarge (413)         the request body is over the limit
     │   ├── IdempotencyConflict (422) an Idempotency-Key reused for another body
     │   └── RateLimited (429)      rate_limited: the caller's key is over its
@@ -85,6 +86,14 @@ class NotFound(RequestError):
 
     status = 404
     code = "not_found"
+
+
+class Forbidden(RequestError):
+    """The caller's API key lacks the role a route needs (HTTP 403)."""
+
+    status = 403
+    code = "forbidden"
+    type = "permission_error"
 
 
 class TooLarge(RequestError):

@@ -57,7 +57,7 @@ class AuditTrail:
         with anyio.CancelScope(shield=True):
             await self.writer.finished.wait()
         tg.cancel_scope.cancel()  # the retention task
-        await tg.__aexit__(exc_type, exc, tb)
+        await tg.__aexit__(None, None, None)  # an exception of the body propagates by itself
 
     async def record(self, records: Sequence[AuditRecord]) -> None:
         """Commit `records` (returns once they are durable); raises `AuditUnavailable` if it failed."""

@@ -152,8 +152,12 @@ class AuditStore:
                 await tx.execute_many(_INSERT, [[getattr(r, c) for c in COLUMNS] for r in by_tenant[tenant]])
                 await tx.execute("UPDATE audit_heads SET seq = ?, hash = ? WHERE tenant = ?", (seq, prev, tenant))
 
-    async def get(self, tenant: str, record_id: str) -> AuditRecord | None:
-        row = await self.database.fetch_one(f"{_SELECT} WHERE tenant = ? AND id = ?", (tenant, record_id))
+    async def get(self, tenant: str | None, record_id: str) -> AuditRecord | None:
+        """The record `record_id` of `tenant` (None: of any tenant, for operators)."""
+        if tenant is None:
+            row = await self.database.fetch_one(f"{_SELECT} WHERE id = ?", (record_id,))
+        else:
+            row = await self.database.fetch_one(f"{_SELECT} WHERE tenant = ? AND id = ?", (tenant, record_id))
         return AuditRecord.from_row(row) if row else None
 
     async def page(self, tenant: str, filters: Filters = Filters(), *, limit: int = 50,
