@@ -13,18 +13,20 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import __version__, openapi
+from . import __version__, audit_api, openapi
 from .api_models import ToolCallRequest
 from .authentication import Authentication
 from .bodies import json_body
 from .chat_api import chat_completions, list_models
-from .errors import CredentialError, HubError, RequestError, ResolutionError, ServerError
+from .errors import CredentialError, Forbidden, HubError, RequestError, ResolutionError, ServerError
 from .executor import CallContext
 from .hub import Hub, parse_credentials
+from .metrics import CONTENT_TYPE
+from .observability import Observability
 from .ratelimit import RateLimiting
 from .registry import Entry, Registry
 from .settings import Settings
@@ -115,7 +117,17 @@ async def call_tool(request: Request) -> JSONResponse:
     return JSONResponse(record)
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics; admin keys only (or an open hub): they span every tenant."""
+    if request.state.principal.role != "admin":
+        raise Forbidden("GET /metrics needs an admin API key")
+    return Response(_hub(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
 async def _error_response(request: Request, exc: Exception) -> JSONResponse:
+    # For the request metrics (`Observability`): the error code, a name and never a value.
+    request.state.error_code = exc.code if isinstance(exc, HubError) else \
+        f"http_{exc.status_code}" if isinstance(exc, HTTPException) else "internal_error"
     if isinstance(exc, ServerError):
         body = exc.to_body()
         body["error"]["message"] = body["message"] = f"{exc.message}. {exc.recommendation}"
@@ -150,6 +162,11 @@ ROUTES = [
     Route("/v1/tools/call", call_tool, methods=["POST"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/audit/tool-calls", audit_api.list_tool_calls, methods=["GET"]),
+    Route("/v1/audit/tool-calls/{id}", audit_api.get_tool_call, methods=["GET"]),
+    Route("/v1/audit/verify", audit_api.verify, methods=["GET"]),
+    Route("/v1/audit/export", audit_api.export, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/mcp/{org}/{name}", GatewayEndpoint(), methods=["GET", "POST", "DELETE"]),
 ]
 
@@ -164,7 +181,9 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Starlett
             yield {"hub": hub}
 
     # Authentication first: the rate limit counts per API key.
-    middleware = [Middleware(Authentication, keys=hub.keys), Middleware(RateLimiting, limiter=lambda: hub.limiter)]
+    # Observability outermost: every response (a 401 too) gets an X-Request-Id and is counted.
+    middleware = [Middleware(Observability, metrics=hub.metrics, routes=ROUTES, access_lines=settings.log_format == "json"),
+                  Middleware(Authentication, keys=hub.keys), Middleware(RateLimiting, limiter=lambda: hub.limiter)]
     return Starlette(routes=ROUTES, lifespan=lifespan, middleware=middleware,
                      exception_handlers={HubError: _error_response, HTTPException: _error_response,
                                          Exception: _error_response})

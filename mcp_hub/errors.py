@@ -6,11 +6,14 @@
     ├── ConfigError                bad settings or registry file (start-up only)
     ├── RequestError (400)         the caller's input is malformed
     │   ├── NotFound (404)         a route object (server, record) does not exist
+    │   ├── Forbidden (403)        forbidden: the caller's key lacks the role
     │   ├── TooLarge (413)         the request body is over the limit
     │   ├── IdempotencyConflict (422) an Idempotency-Key reused for another body
     │   └── RateLimited (429)      rate_limited: the caller's key is over its
     │                              per-minute limit (`retry-after` says when)
     ├── RequestTimeout (504)       request_timeout: the request's time budget ran out
+    ├── AuditUnavailable (503)     audit_unavailable: a tool ran but its audit record
+    │                              could not be committed, so the result is withheld
     ├── ProviderError (502)        the model provider failed (provider_error);
     │   │                          `retryable` drives fallback to the next model
     │   ├── ProviderTimeout (504)  provider_timeout
@@ -85,6 +88,14 @@ class NotFound(RequestError):
     code = "not_found"
 
 
+class Forbidden(RequestError):
+    """The caller's API key lacks the role a route needs (HTTP 403)."""
+
+    status = 403
+    code = "forbidden"
+    type = "permission_error"
+
+
 class TooLarge(RequestError):
     """The request body exceeds the configured limit (HTTP 413)."""
 
@@ -132,6 +143,21 @@ class RequestTimeout(HubError):
 
     def to_body(self) -> dict[str, Any]:
         return {**super().to_body(), "tools_executed": self.tools_executed}
+
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "false"}
+
+
+class AuditUnavailable(HubError):
+    """The audit trail could not commit a tool execution's record (HTTP 503).
+
+    The tool has run; the response that would report it is withheld rather than sent
+    unrecorded. `x-should-retry: false`: a retry would run the tool again.
+    """
+
+    status = 503
+    code = "audit_unavailable"
+    type = "server_error"
 
     def headers(self) -> dict[str, str]:
         return {"x-should-retry": "false"}

@@ -21,7 +21,9 @@ from mcp.client.session import ElicitationFnT
 from pydantic import TypeAdapter, ValidationError
 
 from .apikeys import KeyStore
+from .audit import AuditRecord, AuditTrail, server_error_record, tool_call_record
 from .credentials import Credential, bind
+from .database import Database, open_database
 from .egress import EgressGuard
 from .envelopes import unseal
 from .errors import NotFound, RequestError, ServerError
@@ -29,6 +31,7 @@ from .executor import Batch, CallContext, Executor, ToolCall, ToolResult
 from .gateway import Gateway
 from .idempotency import IdempotencyStore
 from .keyring import Keyring
+from .metrics import HubMetrics
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
 from .pool import SessionPool
 from .providers import ProviderSet
@@ -68,6 +71,7 @@ class Servers:
 
     sessions: dict[str, ManagedSession] = field(default_factory=dict)
     errors: dict[str, ServerError] = field(default_factory=dict)
+    audited: set[str] = field(default_factory=set)  # failed servers already in the audit trail
 
     def error_entries(self) -> dict[str, dict[str, str]]:
         return {name: error.to_entry() for name, error in self.errors.items()}
@@ -100,12 +104,30 @@ class Hub:
         self._state: StateStore | None = None
         self._idempotency: IdempotencyStore | None = None
         self._gateway: Gateway | None = None
+        self._database: Database | None = None
+        self._audit: AuditTrail | None = None  # None: not running, or `audit_enabled` is off
+        self.metrics = HubMetrics()
+        self.metrics.gauges(lambda: self.status() if self._pool is not None else {})
+
+    @property
+    def database(self) -> Database:
+        """The durable-records database (`database_url`, else SQLite in the data folder)."""
+        if self._database is None:
+            raise RuntimeError("the hub is not running")
+        return self._database
 
     @property
     def providers(self) -> ProviderSet:
         if self._providers is None:
             raise RuntimeError("the hub is not running")
         return self._providers
+
+    @property
+    def audit(self) -> AuditTrail:
+        """The audit trail of tool executions."""
+        if self._audit is None:
+            raise RuntimeError("the hub is not running, or its audit trail is off (audit_enabled)")
+        return self._audit
 
     @property
     def keyring(self) -> Keyring:
@@ -150,6 +172,12 @@ class Hub:
             state = open_store(self.settings.state_url.get_secret_value(), self.settings.state_prefix)
             self._state = await stack.enter_async_context(state)
             self._idempotency = IdempotencyStore(self._state, ttl=self.settings.idempotency_ttl)
+            database_url = self.settings.database_url.get_secret_value() if self.settings.database_url else None
+            self._database = await stack.enter_async_context(open_database(database_url, self.settings.records_path))
+            if self.settings.audit_enabled:
+                trail = AuditTrail(self._database, max_batch=self.settings.audit_batch_max,
+                                   retention_days=self.settings.audit_retention_days, on_commit=self.metrics.audit_commit)
+                self._audit = await stack.enter_async_context(trail)
             if self.settings.rate_limit_per_minute:
                 self.limiter = self._state.limiter(self.settings.rate_limit_per_minute, self.settings.rate_limit_burst)
             self._http = httpx2.AsyncHTTPTransport(limits=limits)  # model providers: operator-configured URLs
@@ -183,7 +211,7 @@ class Hub:
                 await stack.__aexit__(exc_type, exc, tb)
         finally:
             # The tokens die with the hub; nothing below is usable after this.
-            self._pool = self._providers = self._oauth = self._state = self._idempotency = None
+            self._pool = self._providers = self._oauth = self._state = self._idempotency = self._database = self._audit = None
             self._gateway = None
             self._http = self._egress_http = None
             self.limiter = None
@@ -241,7 +269,29 @@ class Hub:
         batch = await self.executor.run(calls, servers.sessions, parallel=parallel)
         for name, error in batch.server_errors.items():
             servers.errors.setdefault(name, error)
+        await self._record(batch.results, servers, context)
         return batch
+
+    async def record_server_errors(self, servers: Servers, context: CallContext | None = None) -> None:
+        """Put the request's failed servers in the audit trail (each once per request)."""
+        await self._record([], servers, context)
+
+    async def _record(self, results: Sequence[ToolResult], servers: Servers, context: CallContext | None) -> None:
+        """Metrics for `results`, and their audit records (with any new server failures), committed."""
+        for result in results:
+            self.metrics.tool_call(result.server_name, result.tool_name, result.duration_ms / 1000, result.error_code,
+                                   result.is_error)
+        failed = [name for name in servers.errors if name not in servers.audited]
+        servers.audited.update(failed)
+        self.metrics.server_errors(servers.errors[name].code for name in failed)
+        if self._audit is None:
+            return
+        context = context or CallContext()
+        limit = self.settings.audit_result_max_bytes
+        records: list[AuditRecord] = [server_error_record(name, servers.errors[name], context) for name in failed]
+        records += [tool_call_record(result, servers.sessions.get(result.server_name), context, limit)
+                    for result in results]
+        await self._audit.record(records)
 
     # -- one-shot operations (API and CLI) ----------------------------------------------------
 
@@ -255,6 +305,7 @@ class Hub:
         name = next(iter(servers.sessions), None) or next(iter(servers.errors), str(server))
         result = await self.executor.call(ToolCall(server=name, tool=tool, arguments=arguments),
                                           servers.sessions.get(name), servers.errors)
+        await self._record([result], servers, context or CallContext(tenant=tenant, source="direct"))
         return result, servers
 
     def entry(self, slug: str) -> Entry:

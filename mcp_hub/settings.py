@@ -118,6 +118,18 @@ class Settings(BaseSettings):
         None, description="postgresql://user:password@host:port/db for records shared by several hubs; "
         "unset: the SQLite file data_dir/records.sqlite3 (WAL mode).")
 
+    # Audit trail of tool executions (in the records database above) and observability.
+    audit_enabled: bool = Field(True, description="Record every tool execution; off: nothing is recorded (benchmarks).")
+    audit_retention_days: float | None = Field(
+        None, gt=0, description="Days after which audit records are pruned (an anchor keeps the rest verifiable); "
+        "unset: kept forever.")
+    audit_result_max_bytes: int = Field(
+        16 * 1024, ge=256, description="A recorded result (or arguments) JSON over this is cut; its full size and "
+        "SHA-256 are recorded.")
+    audit_batch_max: int = Field(512, ge=1, description="Most records committed in one transaction (group commit).")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per log line, each with the request's X-Request-Id.")
+
     # Limits (each refused with an error naming the limit; per-call timeouts are `call_timeout` above).
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body; over it: 413 body_too_large.")
     max_servers_per_request: int = Field(
