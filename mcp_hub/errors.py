@@ -7,6 +7,7 @@
     ├── RequestError (400)         the caller's input is malformed
     │   ├── NotFound (404)         a route object (server, record) does not exist
     │   ├── Forbidden (403)        forbidden: the caller's key lacks the role
+    │   ├── Conflict (409)         conflict: it exists already (a slug, an immutable version)
     │   ├── TooLarge (413)         the request body is over the limit
     │   ├── IdempotencyConflict (422) an Idempotency-Key reused for another body
     │   └── RateLimited (429)      rate_limited: the caller's key is over its
@@ -31,6 +32,8 @@
         ├── UrlBlocked (403)       url_blocked: the egress guard refuses the URL
         │                          (private address, metadata, cleartext credentials)
         ├── CapacityError          capacity (child/session caps reached)
+        ├── ToolsChanged           tool_definitions_changed: tools whose definitions differ
+        │                          from their pins are withheld until an admin approves
         └── SessionLost            the live session died under a call
 
 Every exception carries context (server name, connection name) and a
@@ -94,6 +97,13 @@ class Forbidden(RequestError):
     status = 403
     code = "forbidden"
     type = "permission_error"
+
+
+class Conflict(RequestError):
+    """What the request would create exists already (a registered slug, an immutable version)."""
+
+    status = 409
+    code = "conflict"
 
 
 class TooLarge(RequestError):
@@ -293,3 +303,18 @@ class SessionLost(ServerError):
     code = "session_lost"
     delivered = True  # whether the call may have reached the server (then retrying is unsafe)
     recommendation = "The server restarted during the call; the call was not retried because it may have side effects."
+
+
+class ToolsChanged(ServerError):
+    """Tools whose definitions differ from their pins (or appeared since): withheld from models."""
+
+    status = 409
+    code = "tool_definitions_changed"
+
+    def __init__(self, server: str, ref: str, tools: list[str]) -> None:
+        self.tools = tools
+        super().__init__(
+            f"server {server!r} ({ref}) changed the definitions of tools since they were approved: {', '.join(tools)}; "
+            "they are withheld", server=server,
+            recommendation=f"An admin reviews and re-approves them: `mcp-hub pins approve {ref}` or "
+                           f"POST /v1/pins/approve {{\"server\": \"{ref}\"}}.")

@@ -8,6 +8,7 @@ resources directly.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from .idempotency import IdempotencyStore
 from .keyring import Keyring
 from .metrics import HubMetrics
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
+from .pinning import DatabasePins, ToolGate
 from .pool import SessionPool
 from .providers import ProviderSet
 from .ratelimit import RateLimiter
@@ -44,6 +46,7 @@ from .settings import Settings
 from .state import StateStore, open_store
 from .transports import Opener, decline_elicitation, sends_credentials
 
+PIN_RECHECK_SECONDS = 5.0  # how soon a session with withheld tools looks at its pins again
 _credentials_adapter = TypeAdapter(Credential | list[Credential])
 
 
@@ -104,6 +107,7 @@ class Hub:
         self._state: StateStore | None = None
         self._idempotency: IdempotencyStore | None = None
         self._gateway: Gateway | None = None
+        self._pins: DatabasePins | None = None
         self._database: Database | None = None
         self._audit: AuditTrail | None = None  # None: not running, or `audit_enabled` is off
         self.metrics = HubMetrics()
@@ -150,6 +154,13 @@ class Hub:
         return self._idempotency
 
     @property
+    def pins(self) -> DatabasePins:
+        """Tool pins (see `pinning.py`), in the durable-records database."""
+        if self._pins is None:
+            raise RuntimeError("the hub is not running")
+        return self._pins
+
+    @property
     def gateway(self) -> Gateway:
         """The MCP gateway (`/mcp/{org}/{name}`), its session manager running while the hub runs."""
         if self._gateway is None:
@@ -190,7 +201,8 @@ class Hub:
             opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root,
                             http=self._egress_http, http_timeout=self.settings.connect_timeout, oauth=self._oauth,
                             elicitation=self._elicitation, egress=self.egress)
-            self._pool = await stack.enter_async_context(SessionPool(self.settings, opener))
+            self._pins = await DatabasePins(self._database).open()
+            self._pool = await stack.enter_async_context(SessionPool(self.settings, opener, gate=ToolGate(self._pins)))
             log_filter = LiveSecretsFilter(lambda: [s.scrubber for s in self.pool.sessions()])
             log_filter.install()
             stack.callback(log_filter.remove)
@@ -212,7 +224,7 @@ class Hub:
         finally:
             # The tokens die with the hub; nothing below is usable after this.
             self._pool = self._providers = self._oauth = self._state = self._idempotency = self._database = self._audit = None
-            self._gateway = None
+            self._gateway = self._pins = None
             self._http = self._egress_http = None
             self.limiter = None
 
@@ -244,6 +256,7 @@ class Hub:
         """Tools of every live server, concurrently; servers that fail move to `servers.errors`."""
         cached = {name: session.ready_tools() for name, session in servers.sessions.items()}
         if all(listed is not None for listed in cached.values()):  # the hot path: no task group
+            self._pin_errors(servers)
             return {name: listed for name, listed in cached.items() if listed is not None}
         tools: dict[str, list[types.Tool]] = {}
 
@@ -261,7 +274,26 @@ class Hub:
                 tg.start_soon(one, name, session)
         for name in servers.errors:
             servers.sessions.pop(name, None)
+        self._pin_errors(servers)
         return {name: tools[name] for name in servers.sessions if name in tools}
+
+    @staticmethod
+    def _pin_errors(servers: Servers) -> None:
+        """Servers whose tools pinning withholds: their other tools are served, the error is reported."""
+        for name, session in servers.sessions.items():
+            if session.pin_error is not None:
+                servers.errors.setdefault(name, session.pin_error)
+                if time.monotonic() - session.reviewed_at > PIN_RECHECK_SECONDS:
+                    session.invalidate_tools()  # approved elsewhere (CLI, another hub)? the next listing sees it
+
+    async def approve_pins(self, server: str, version: str, tools: Sequence[str] | None = None, *,
+                           approved_by: str) -> list[str]:
+        """An admin approves the changed tools of `server@version`; live sessions re-list."""
+        approved = await self.pins.approve(server, version, tools, approved_by=approved_by)
+        for session in self.pool.sessions():
+            if session.target.slug == server and session.target.version_key == version:
+                session.invalidate_tools()
+        return approved
 
     async def execute(self, calls: Sequence[ToolCall], servers: Servers, *, parallel: bool = True,
                       context: CallContext | None = None) -> Batch:
