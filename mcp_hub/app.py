@@ -74,14 +74,27 @@ async def list_servers(request: Request) -> JSONResponse:
     tag = request.query_params.get("tag")
     if tag:
         entries = [entry for entry in entries if tag in entry.tags]
-    return JSONResponse({"object": "list", "data": [entry_summary(entry) for entry in entries]})
+    if request.query_params.get("include_unlisted") not in ("true", "1"):
+        entries = [entry for entry in entries if entry.slug not in hub.registry.unlisted]
+    query = (request.query_params.get("q") or "").strip().lower()
+    if query:
+        entries = [entry for entry in entries
+                   if query in entry.slug or query in entry.description.lower() or any(query in t for t in entry.tags)]
+    return JSONResponse({"object": "list", "data": [_marketplace_view(hub, entry_summary(entry)) for entry in entries]})
+
+
+def _marketplace_view(hub: Hub, view: dict[str, Any]) -> dict[str, Any]:
+    """Where an entry comes from (the registry file or the API) and whether it is unlisted."""
+    slug = view["slug"]
+    return {**view, "source": "registered" if hub.registry.is_registered(slug) else "registry_file",
+            "unlisted": slug in hub.registry.unlisted}
 
 
 async def get_server(request: Request) -> JSONResponse:
     hub = _hub(request)
     entry: Entry = hub.entry(f"{request.path_params['org']}/{request.path_params['name']}")
     version = request.query_params.get("version")
-    detail = entry_detail(entry)
+    detail = _marketplace_view(hub, entry_detail(entry))
     key = entry.match(version)
     if key is None:
         raise RequestError(f"{entry.slug} has no version matching {version!r}", code="version_not_found", param="version")
@@ -90,6 +103,8 @@ async def get_server(request: Request) -> JSONResponse:
     tools = await hub.list_tools(servers)
     if entry.slug in tools:
         live["tools"] = [tool_view(tool) for tool in tools[entry.slug]]
+        if (withheld := servers.errors.get(entry.slug)) is not None:  # tool pinning withholds some
+            live["error"] = withheld.to_entry()
     else:
         error = servers.errors.get(entry.slug)
         live["error"] = error.to_entry() if error else None
@@ -169,6 +184,11 @@ ROUTES = [
     Route("/metrics", metrics, methods=["GET"]),
     Route("/mcp/{org}/{name}", GatewayEndpoint(), methods=["GET", "POST", "DELETE"]),
     Route("/v1/pins", marketplace_api.list_pins, methods=["GET"]),
+    Route("/v1/servers", marketplace_api.register_server, methods=["POST"]),
+    Route("/v1/servers/import", marketplace_api.import_server, methods=["POST"]),
+    Route("/v1/servers/{org}/{name}", marketplace_api.update_server, methods=["PATCH"]),
+    Route("/v1/servers/{org}/{name}/versions", marketplace_api.add_version, methods=["POST"]),
+    Route("/v1/servers/{org}/{name}/versions/{version}", marketplace_api.update_version, methods=["PATCH"]),
     Route("/v1/pins/approve", marketplace_api.approve_pins, methods=["POST"]),
 ]
 

@@ -262,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(audit_cli.run, args, _settings(args), table)
         if args.command == "pins":
             return anyio.run(marketplace_cli.run, args, _settings(args), table)
+        if args.command == "registry":
+            return anyio.run(marketplace_cli.run_registry, args, _settings(args), parse_cred_flags)
         return anyio.run(_tools if args.command == "tools" else _call, args)
     except ServerError as exc:
         print(f"error: {exc.message} ({exc.code}). {exc.recommendation}", file=sys.stderr)

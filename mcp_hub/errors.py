@@ -8,6 +8,7 @@
     │   ├── NotFound (404)         a route object (server, record) does not exist
     │   ├── Forbidden (403)        forbidden: the caller's key lacks the role
     │   ├── Conflict (409)         conflict: it exists already (a slug, an immutable version)
+    │   ├── Unprocessable (422)    well-formed, but cannot be done (a server to register is unreachable)
     │   ├── TooLarge (413)         the request body is over the limit
     │   ├── IdempotencyConflict (422) an Idempotency-Key reused for another body
     │   └── RateLimited (429)      rate_limited: the caller's key is over its
@@ -104,6 +105,13 @@ class Conflict(RequestError):
 
     status = 409
     code = "conflict"
+
+
+class Unprocessable(RequestError):
+    """Well-formed, but the hub cannot do it (e.g. a server being registered cannot be reached)."""
+
+    status = 422
+    code = "unprocessable"
 
 
 class TooLarge(RequestError):

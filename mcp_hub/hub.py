@@ -38,6 +38,7 @@ from .pinning import DatabasePins, ToolGate
 from .pool import SessionPool
 from .providers import ProviderSet
 from .ratelimit import RateLimiter
+from .registrations import Registrations, RegistrationStore
 from .registry import Entry, Registry
 from .resolution import resolve
 from .scrubbing import LiveSecretsFilter
@@ -108,6 +109,7 @@ class Hub:
         self._idempotency: IdempotencyStore | None = None
         self._gateway: Gateway | None = None
         self._pins: DatabasePins | None = None
+        self._registrations: Registrations | None = None
         self._database: Database | None = None
         self._audit: AuditTrail | None = None  # None: not running, or `audit_enabled` is off
         self.metrics = HubMetrics()
@@ -161,6 +163,13 @@ class Hub:
         return self._pins
 
     @property
+    def registrations(self) -> Registrations:
+        """Servers published through the API (see `registrations.py`)."""
+        if self._registrations is None:
+            raise RuntimeError("the hub is not running")
+        return self._registrations
+
+    @property
     def gateway(self) -> Gateway:
         """The MCP gateway (`/mcp/{org}/{name}`), its session manager running while the hub runs."""
         if self._gateway is None:
@@ -202,6 +211,11 @@ class Hub:
                             http=self._egress_http, http_timeout=self.settings.connect_timeout, oauth=self._oauth,
                             elicitation=self._elicitation, egress=self.egress)
             self._pins = await DatabasePins(self._database).open()
+            self._registrations = Registrations(self, await RegistrationStore(self._database).open())
+            await self._registrations.refresh()
+            refresher = await stack.enter_async_context(anyio.create_task_group())
+            refresher.start_soon(self._registrations.refresh_forever)
+            stack.callback(refresher.cancel_scope.cancel)
             self._pool = await stack.enter_async_context(SessionPool(self.settings, opener, gate=ToolGate(self._pins)))
             log_filter = LiveSecretsFilter(lambda: [s.scrubber for s in self.pool.sessions()])
             log_filter.install()
@@ -224,7 +238,7 @@ class Hub:
         finally:
             # The tokens die with the hub; nothing below is usable after this.
             self._pool = self._providers = self._oauth = self._state = self._idempotency = self._database = self._audit = None
-            self._gateway = self._pins = None
+            self._gateway = self._pins = self._registrations = None
             self._http = self._egress_http = None
             self.limiter = None
 

@@ -36,6 +36,7 @@ _ERRORS = {
     "400": "Malformed input", "401": "Missing or invalid API key", "404": "Not found",
     "413": "Body too large", "422": "Idempotency-Key reused",
     "429": "Rate limited: this API key's requests per minute (or the model provider's) are used up",
+    "403": "The API key lacks the role", "409": "Exists already (slug, immutable version)",
     "502": "Model provider failed", "504": "Model provider or the request's time budget timed out",
 }
 # Sent with every response of a rate-limited route while rate limiting is on.
@@ -87,7 +88,7 @@ def document(prefixes: list[str]) -> dict[str, Any]:
     chat_ok = _json(ChatCompletion)
     # Each event's data: a chunk object, an `error` object, or the string [DONE].
     chat_ok["content"]["text/event-stream"] = {"schema": {"anyOf": [{"type": "object"}, {"const": "[DONE]"}]}}
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "mcp-hub", "version": __version__,
                  "description": "Host and route MCP servers; OpenAI-compatible chat completions with server-side tools."},
@@ -124,4 +125,50 @@ def document(prefixes: list[str]) -> dict[str, Any]:
             "/v1/models": {"get": {"operationId": "listModels", "security": auth,
                                    "responses": {"200": _json(ModelList), **_errors("401", "429")}}},
         },
+    }
+    doc["paths"]["/v1/servers"]["get"]["parameters"] += [query("q", "search slugs, descriptions and tags"),
+                                                         query("include_unlisted", "true: unlisted servers too")]
+    for route, item in _marketplace_paths(auth, path, query).items():
+        doc["paths"].setdefault(route, {}).update(item)
+    return doc
+
+
+def _object(description: str, required: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "description": description}
+    if required:
+        schema["required"] = required
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _marketplace_paths(auth: Any, path: Any, query: Any) -> dict[str, Any]:
+    """Publishing (registrations, server.json import) and tool pins; see README "Publishing servers"."""
+    body = lambda description, required: {"required": True, **_object(description, required)}  # noqa: E731
+    written = {"201": _object("Registered; `pinned` says whether its tools were pinned"),
+               **_errors("400", "401", "403", "404", "409", "413", "429"),
+               "422": _json(ErrorBody, "The server cannot be reached to list its tools")}
+    changed = {"200": _object("Changed"), **_errors("400", "401", "403", "404", "409", "413", "429")}
+    return {
+        "/v1/servers": {"post": {"operationId": "registerServer", "security": auth, "responses": written,
+                                 "requestBody": body("slug, description, tags, connections, limits, version "
+                                                     "({version, url | package | command}), credentials?",
+                                                     ["slug", "version"])}},
+        "/v1/servers/import": {"post": {"operationId": "importServerJson", "security": auth, "responses": written,
+                                        "requestBody": body("server_json (the official MCP Registry format), slug?, "
+                                                            "prefer?, variables?, tags?, credentials?", ["server_json"])}},
+        "/v1/servers/{org}/{name}/versions": {"post": {
+            "operationId": "addServerVersion", "security": auth, "parameters": [path("org"), path("name")],
+            "responses": written, "requestBody": body("version, url | package | command, credentials?", ["version"])}},
+        "/v1/servers/{org}/{name}/versions/{version}": {"patch": {
+            "operationId": "deprecateServerVersion", "security": auth,
+            "parameters": [path("org"), path("name"), path("version")], "responses": changed,
+            "requestBody": body("{deprecated: bool}", ["deprecated"])}},
+        "/v1/servers/{org}/{name}": {"patch": {
+            "operationId": "updateServer", "security": auth, "parameters": [path("org"), path("name")],
+            "responses": changed, "requestBody": body("unlisted?, description?, tags?", None)}},
+        "/v1/pins": {"get": {"operationId": "listPins", "security": auth,
+                             "parameters": [{**query("server", "org/name or org/name@version"), "required": True}],
+                             "responses": {"200": _object("Pins: tool, status, hashes, pending definition"),
+                                           **_errors("400", "401", "404", "429")}}},
+        "/v1/pins/approve": {"post": {"operationId": "approvePins", "security": auth, "responses": changed,
+                                      "requestBody": body("server (org/name@version), tools?", ["server"])}},
     }

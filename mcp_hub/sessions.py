@@ -294,6 +294,14 @@ class ManagedSession:
         self.pin_error = ToolsChanged(self.target.name, self.target.ident, review.withheld) if review.withheld else None
         self.reviewed_at = time.monotonic()
 
+    async def raw_tools(self) -> list[types.Tool]:
+        """The tools as the server lists them right now, unreviewed (what registration pins)."""
+        client, generation = await self.client(self._policy.connect_timeout)
+        try:
+            return await _list_all_tools(client)
+        except MCPError as exc:
+            raise ConnectError(f"server {self.target.name!r}: {_describe(exc)}", server=self.target.name) from None
+
     def invalidate_tools(self) -> None:
         """Forget the listing (the server changed its tools, or an admin approved pins): re-list next time."""
         self._tools = self._shown = None
