@@ -23,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from .apikeys import KeyStore
 from .audit import AuditRecord, AuditTrail, server_error_record, tool_call_record
+from .audit.record import ToolHashes
 from .credentials import Credential, bind
 from .database import Database, open_database
 from .egress import EgressGuard
@@ -113,6 +114,7 @@ class Hub:
         self._database: Database | None = None
         self._audit: AuditTrail | None = None  # None: not running, or `audit_enabled` is off
         self.metrics = HubMetrics()
+        self._tool_hashes = ToolHashes()
         self.metrics.gauges(lambda: self.status() if self._pool is not None else {})
 
     @property
@@ -335,7 +337,7 @@ class Hub:
         context = context or CallContext()
         limit = self.settings.audit_result_max_bytes
         records: list[AuditRecord] = [server_error_record(name, servers.errors[name], context) for name in failed]
-        records += [tool_call_record(result, servers.sessions.get(result.server_name), context, limit)
+        records += [tool_call_record(result, servers.sessions.get(result.server_name), context, limit, self._tool_hashes)
                     for result in results]
         await self._audit.record(records)
 

@@ -12,7 +12,8 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,13 +60,11 @@ class AuditRecord:
 
     def content(self) -> dict[str, Any]:
         """Every field but `hash`: what the hash covers."""
-        fields = asdict(self)
-        del fields["hash"]
-        return fields
+        return {name: getattr(self, name) for name in CONTENT}
 
     def view(self) -> dict[str, Any]:
         """The API shape: JSON values parsed, times as RFC 3339."""
-        fields = asdict(self)
+        fields = {**self.content(), "hash": self.hash}
         fields["arguments"] = json.loads(self.arguments)
         fields["result"] = json.loads(self.result)
         fields["started_at"] = _rfc3339(self.started_at)
@@ -77,6 +76,9 @@ class AuditRecord:
         record = cls(**row)
         record.result_truncated, record.is_error = bool(record.result_truncated), bool(record.is_error)
         return record
+
+
+CONTENT = tuple(f.name for f in dataclass_fields(AuditRecord) if f.name != "hash")
 
 
 def chain_hash(prev_hash: str, content: dict[str, Any]) -> str:
@@ -115,24 +117,40 @@ def _new_id() -> str:
     return f"audit_{uuid.uuid4().hex}"
 
 
-def _listed_hash(session: ManagedSession | None, tool: str) -> str | None:
-    listed = session.cached_tools() if session is not None else None
-    found = next((t for t in listed or [] if t.name == tool), None)
-    return tool_hash(found) if found is not None else None
+class ToolHashes:
+    """`tool_hash` of listed tools, computed once per tool list a session holds."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        # id(list) -> (the list itself, so that its id is not reused while cached; name -> hash)
+        self._cache: dict[int, tuple[list[Any], dict[str, str]]] = {}
+
+    def of(self, session: ManagedSession | None, tool: str) -> str | None:
+        listed = session.cached_tools() if session is not None else None
+        if not listed:
+            return None
+        cached = self._cache.get(id(listed))
+        if cached is None or cached[0] is not listed:
+            if len(self._cache) >= self._size:
+                self._cache.clear()
+            cached = self._cache[id(listed)] = (listed, {t.name: tool_hash(t) for t in listed})
+        return cached[1].get(tool)
 
 
-def tool_call_record(result: ToolResult, session: ManagedSession | None, context: CallContext, limit: int) -> AuditRecord:
+def tool_call_record(result: ToolResult, session: ManagedSession | None, context: CallContext, limit: int,
+                     hashes: ToolHashes | None = None) -> AuditRecord:
     arguments, _ = capped(result.arguments, limit)
     text, cut = capped(result.result, limit)
     started = result.started_at or time.time() - result.duration_ms / 1000
     return AuditRecord(
-        id=_new_id(), tenant=context.tenant, kind=TOOL_CALL, source=context.source, completion_id=context.request_id,
-        correlation_id=context.correlation_id, key_id=context.key_id, server_name=result.server_name,
-        server_ref=server_ref(session), tool_name=result.tool_name, tool_hash=_listed_hash(session, result.tool_name),
-        arguments=arguments, result=text, result_bytes=result.result_bytes,
-        result_sha256=result.result_sha256, result_truncated=cut or result.truncated, is_error=result.is_error,
-        error_code=result.error_code, duration_ms=result.duration_ms, started_at=micros(started),
-        ended_at=micros(started) + result.duration_ms * 1000, model=context.model, turn=context.turn)
+        id=_new_id(), tenant=context.tenant, kind=TOOL_CALL, source=context.source,
+        completion_id=context.request_id, correlation_id=context.correlation_id, key_id=context.key_id,
+        server_name=result.server_name, server_ref=server_ref(session), tool_name=result.tool_name,
+        tool_hash=(hashes or ToolHashes()).of(session, result.tool_name), arguments=arguments, result=text,
+        result_bytes=result.result_bytes, result_sha256=result.result_sha256,
+        result_truncated=cut or result.truncated, is_error=result.is_error, error_code=result.error_code,
+        duration_ms=result.duration_ms, started_at=micros(started), ended_at=micros(started) + result.duration_ms * 1000,
+        model=context.model, turn=context.turn)
 
 
 def server_error_record(name: str, error: ServerError, context: CallContext) -> AuditRecord:
