@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import __version__, audit_api, marketplace_api, openapi
+from . import __version__, audit_api, console, marketplace_api, openapi
 from .api_models import ToolCallRequest
 from .authentication import Authentication
 from .bodies import json_body
@@ -183,6 +183,9 @@ ROUTES = [
     Route("/v1/audit/export", audit_api.export, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/mcp/{org}/{name}", GatewayEndpoint(), methods=["GET", "POST", "DELETE"]),
+    Route("/console", console.console_root, methods=["GET"]),
+    Route("/console/", console.console_file, methods=["GET"]),
+    Route("/console/{file}", console.console_file, methods=["GET"]),
     Route("/v1/pins", marketplace_api.list_pins, methods=["GET"]),
     Route("/v1/servers", marketplace_api.register_server, methods=["POST"]),
     Route("/v1/servers/import", marketplace_api.import_server, methods=["POST"]),
