@@ -61,6 +61,11 @@ async def test_lists_and_calls_tools_through_the_gateway(gateway: tuple[httpx2.A
     assert session.hosted and pid.structured_content is not None
     async with _client(http, "/mcp/test/probe@1.0.0") as again:
         assert (await again.call_tool("pid", {})).structured_content == pid.structured_content
+    # Audited like every call, as the gateway's.
+    records = (await http.get("/v1/audit/tool-calls", params={"server": "test/probe"})).json()["data"]
+    assert [(r["tool_name"], r["source"]) for r in records] == [("pid", "gateway"), ("pid", "gateway"),
+                                                                ("echo", "gateway")]
+    assert records[-1]["arguments"] == {"text": "through the gateway"}
 
 
 async def test_content_resources_and_prompts_pass_through(gateway: tuple[httpx2.AsyncClient, Hub]) -> None:
