@@ -161,6 +161,16 @@ async def _error_response(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": error, **error}, status_code=500)
 
 
+async def servers_collection(request: Request) -> Response:
+    """`/v1/servers`: GET lists the marketplace, POST publishes (one route, so `Allow` names both)."""
+    return await (marketplace_api.register_server if request.method == "POST" else list_servers)(request)
+
+
+async def server_item(request: Request) -> Response:
+    """`/v1/servers/{org}/{name}`: GET shows one server, PATCH changes a published one."""
+    return await (marketplace_api.update_server if request.method == "PATCH" else get_server)(request)
+
+
 class GatewayEndpoint:
     """`/mcp/{org}/{name}`: the MCP gateway (a raw ASGI endpoint: the SDK's transport answers)."""
 
@@ -172,8 +182,8 @@ ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/openapi.json", openapi_document, methods=["GET"]),
     Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-    Route("/v1/servers", list_servers, methods=["GET"]),
-    Route("/v1/servers/{org}/{name}", get_server, methods=["GET"]),
+    Route("/v1/servers", servers_collection, methods=["GET", "POST"]),
+    Route("/v1/servers/{org}/{name}", server_item, methods=["GET", "PATCH"]),
     Route("/v1/tools/call", call_tool, methods=["POST"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
@@ -187,9 +197,7 @@ ROUTES = [
     Route("/console/", console.console_file, methods=["GET"]),
     Route("/console/{file}", console.console_file, methods=["GET"]),
     Route("/v1/pins", marketplace_api.list_pins, methods=["GET"]),
-    Route("/v1/servers", marketplace_api.register_server, methods=["POST"]),
     Route("/v1/servers/import", marketplace_api.import_server, methods=["POST"]),
-    Route("/v1/servers/{org}/{name}", marketplace_api.update_server, methods=["PATCH"]),
     Route("/v1/servers/{org}/{name}/versions", marketplace_api.add_version, methods=["POST"]),
     Route("/v1/servers/{org}/{name}/versions/{version}", marketplace_api.update_version, methods=["PATCH"]),
     Route("/v1/pins/approve", marketplace_api.approve_pins, methods=["POST"]),

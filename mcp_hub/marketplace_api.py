@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 
 from .apikeys import Principal
 from .bodies import json_body
-from .errors import Forbidden, RequestError
+from .errors import Forbidden, NotFound, RequestError
 from .hub import Hub
 from .registrations import NewVersionBody, RegistrationBody, validated
 from .server_json import import_server_json
@@ -42,7 +42,7 @@ def _server_version(hub: Hub, ref: Any, *, param: str = "server") -> tuple[str, 
         return slug, None
     key = entry.match(version)
     if key is None or key not in entry.versions or (version not in entry.versions and key != version.lstrip("vV")):
-        raise RequestError(f"{slug} has no version {version!r}", code="version_not_found", param=param)
+        raise NotFound(f"{slug} has no version {version!r}", code="version_not_found", param=param)
     return slug, key
 
 

@@ -140,6 +140,14 @@ def _object(description: str, required: list[str] | None = None) -> dict[str, An
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+_SLUG = r"[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*"
+
+
+def _exact(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 def _marketplace_paths(auth: Any, path: Any, query: Any) -> dict[str, Any]:
     """Publishing (registrations, server.json import) and tool pins; see README "Publishing servers"."""
     body = lambda description, required: {"required": True, **_object(description, required)}  # noqa: E731
@@ -147,6 +155,7 @@ def _marketplace_paths(auth: Any, path: Any, query: Any) -> dict[str, Any]:
                **_errors("400", "401", "403", "404", "409", "413", "429"),
                "422": _json(ErrorBody, "The server cannot be reached to list its tools")}
     changed = {"200": _object("Changed"), **_errors("400", "401", "403", "404", "409", "413", "429")}
+    strings = {"type": "array", "items": {"type": "string"}}
     return {
         "/v1/servers": {"post": {"operationId": "registerServer", "security": auth, "responses": written,
                                  "requestBody": body("slug, description, tags, connections, limits, version "
@@ -161,14 +170,17 @@ def _marketplace_paths(auth: Any, path: Any, query: Any) -> dict[str, Any]:
         "/v1/servers/{org}/{name}/versions/{version}": {"patch": {
             "operationId": "deprecateServerVersion", "security": auth,
             "parameters": [path("org"), path("name"), path("version")], "responses": changed,
-            "requestBody": body("{deprecated: bool}", ["deprecated"])}},
+            "requestBody": _exact({"deprecated": {"type": "boolean"}}, ["deprecated"])}},
         "/v1/servers/{org}/{name}": {"patch": {
             "operationId": "updateServer", "security": auth, "parameters": [path("org"), path("name")],
-            "responses": changed, "requestBody": body("unlisted?, description?, tags?", None)}},
+            "responses": changed, "requestBody": _exact(
+                {"unlisted": {"type": "boolean"}, "description": {"type": "string"}, "tags": strings}, [])}},
         "/v1/pins": {"get": {"operationId": "listPins", "security": auth,
-                             "parameters": [{**query("server", "org/name or org/name@version"), "required": True}],
+                             "parameters": [{**query("server", "org/name or org/name@version"), "required": True,
+                                             "schema": {"type": "string", "pattern": f"^{_SLUG}(@.+)?$"}}],
                              "responses": {"200": _object("Pins: tool, status, hashes, pending definition"),
                                            **_errors("400", "401", "404", "429")}}},
         "/v1/pins/approve": {"post": {"operationId": "approvePins", "security": auth, "responses": changed,
-                                      "requestBody": body("server (org/name@version), tools?", ["server"])}},
+                                      "requestBody": _exact({"server": {"type": "string", "pattern": f"^{_SLUG}@.+$"},
+                                                             "tools": strings}, ["server"])}},
     }
