@@ -8,6 +8,7 @@ oldest first, with the chain fields so that it can be checked elsewhere.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -20,6 +21,9 @@ from .errors import NotFound, RequestError
 from .hub import Hub
 
 MAX_PAGE = 500
+EPOCH = re.compile(r"^-?[0-9]{1,11}(\.[0-9]{1,9})?$")
+RFC3339 = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$")
+EPOCH_LIMIT = 2.6e11  # seconds either side of 1970: past the years 1-9999 of RFC 3339
 
 
 def _trail(request: Request) -> AuditTrail:
@@ -30,18 +34,23 @@ def _trail(request: Request) -> AuditTrail:
 
 
 def _time(value: str, param: str) -> int:
-    """RFC 3339 (`2026-11-26T12:00:00Z`) or epoch seconds, as microseconds."""
-    try:
-        return micros(float(value))
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise RequestError(f"{param} must be an RFC 3339 time or epoch seconds", param=param) from None
-    if parsed.tzinfo is None:
-        raise RequestError(f"{param} must name its time zone (e.g. a trailing Z)", param=param)
-    return micros(parsed.timestamp())
+    """RFC 3339 (`2026-11-26T12:00:00Z`) or epoch seconds (`1764158400.5`), as microseconds."""
+    if EPOCH.match(value):
+        seconds = float(value)
+    elif found := RFC3339.match(value):
+        date, hours, minutes, second, fraction, zone = found.groups()
+        second = min(int(second), 59)  # a leap second counts as the one before
+        zone = "+00:00" if zone in ("Z", "z") else zone
+        text = f"{date}T{hours}:{minutes}:{second:02d}{(fraction or '')[:7]}{zone}"
+        try:
+            seconds = datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            raise RequestError(f"{param} is not a valid date", param=param) from None
+    else:
+        raise RequestError(f"{param} must be an RFC 3339 time (2026-11-26T12:00:00Z) or epoch seconds", param=param)
+    if not -EPOCH_LIMIT <= seconds <= EPOCH_LIMIT:
+        raise RequestError(f"{param} is out of range", param=param)
+    return micros(seconds)
 
 
 def _int(value: str, param: str, low: int, high: int) -> int:
@@ -70,7 +79,7 @@ async def list_tool_calls(request: Request) -> JSONResponse:
     trail = _trail(request)
     limit = _int(request.query_params.get("limit", "50"), "limit", 1, MAX_PAGE)
     cursor = request.query_params.get("cursor")
-    before = _int(cursor, "cursor", 1, 2**62) if cursor else None
+    before = _int(cursor, "cursor", 1, 10**18) if cursor is not None else None
     page, next_seq = await trail.store.page(request.state.principal.tenant, _filters(request), limit=limit, before=before)
     return JSONResponse({"object": "list", "data": [record.view() for record in page], "has_more": next_seq is not None,
                          "next_cursor": str(next_seq) if next_seq is not None else None})

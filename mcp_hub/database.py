@@ -1,7 +1,8 @@
 """The database of durable records (audit trail, marketplace registrations): SQLite or PostgreSQL.
 
-`open_database(settings)` picks the backend: `database_url` (postgresql://…) opens a
-psycopg 3 connection pool; unset, the SQLite file `data_dir/records.sqlite3` in WAL mode.
+`open_database(url, path)` picks the backend: a postgresql:// URL (`database_url`) opens a
+psycopg 3 connection pool; none, the SQLite file `data_dir/records.sqlite3` in WAL mode. Both
+drive their synchronous driver from worker threads, so the event loop never blocks.
 Both offer the same small async interface, so an owner of tables writes its SQL once:
 
 - SQL uses `?` placeholders (translated to `%s` for PostgreSQL); write no literal `%` or `?`
@@ -16,8 +17,18 @@ Both offer the same small async interface, so an owner of tables writes its SQL 
 - `transaction()` yields a `Transaction`; it commits when the block ends and rolls back on
   an exception. On SQLite every write transaction is BEGIN IMMEDIATE on one connection
   (SQLite has a single writer anyway); reads outside transactions use a second connection.
+- `run(steps)` runs a transaction written as a generator of `(method, sql, params)` that
+  receives each statement's result: the same code for both dialects, and on SQLite the whole
+  transaction is one call in a worker thread instead of one per statement (hot paths).
 
 Example::
+
+    def bump(key):  # a generator: yields statements, receives their results
+        row = yield ("fetch_one", "SELECT n FROM counters WHERE id = ?", (key,))
+        yield ("execute", "UPDATE counters SET n = ? WHERE id = ?", (row["n"] + 1, key))
+        return row["n"] + 1
+    value = await hub.database.run(bump("a"))
+
 
     STEPS = [Migration(1, ("CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT NOT NULL)",))]
     await hub.database.migrate("notes", STEPS)
@@ -30,7 +41,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +66,22 @@ _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
     PRIMARY KEY (owner, version)
 )"""
 _MIGRATION_LOCK = 0x6D63_7068_7562  # PostgreSQL advisory lock key ("mcphub")
+
+
+# "send": execute, the result not needed (None).
+Method = Literal["execute", "send", "execute_many", "fetch_one", "fetch_all"]
+Statement = tuple[Method, str, Any]  # (method, sql, params; for execute_many, a list of params)
+Steps = Generator[Statement, Any, T]  # a transaction: yields statements, receives their results
+
+
+def drive(steps: Steps[T], do: Callable[[Method, str, Any], Any]) -> T:
+    """Run `steps` to the end, each statement through `do`; the generator's return value."""
+    try:
+        statement = next(steps)
+        while True:
+            statement = steps.send(do(*statement))
+    except StopIteration as stop:
+        return stop.value
 
 
 @dataclass(frozen=True)
@@ -94,6 +121,9 @@ class Database(Protocol):
                         tb: TracebackType | None) -> None: ...
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+
+    async def run(self, steps: Steps[T]) -> T:
+        """Run the transaction `steps` (see the module docstring); commit, or roll back if it raises."""
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
         """Rows of one query, outside any transaction (it sees committed data)."""
@@ -180,6 +210,20 @@ class _SQLiteTransaction:
         return rows[0] if rows else None
 
 
+def _fetch_one(raw: sqlite3.Connection, sql: str, params: Params) -> Row | None:
+    rows = _rows(raw.execute(sql, tuple(params)))
+    return rows[0] if rows else None
+
+
+_SYNC: dict[str, Callable[[sqlite3.Connection, str, Any], Any]] = {
+    "execute": lambda raw, sql, params: raw.execute(sql, tuple(params)).rowcount,
+    "send": lambda raw, sql, params: raw.execute(sql, tuple(params)) and None,
+    "execute_many": lambda raw, sql, rows: raw.executemany(sql, [tuple(row) for row in rows]) and None,
+    "fetch_one": _fetch_one,
+    "fetch_all": lambda raw, sql, params: _rows(raw.execute(sql, tuple(params))),
+}
+
+
 class SQLiteDatabase:
     """`Database` in one SQLite file (WAL): a writer connection and a reader connection."""
 
@@ -226,6 +270,22 @@ class SQLiteDatabase:
                 raise
             with anyio.CancelScope(shield=True):  # a commit begun is seen through
                 await writer.run(lambda raw: raw.execute("COMMIT"))
+
+    async def run(self, steps: Steps[T]) -> T:
+        writer = self._open(self._writer)
+
+        def whole(raw: sqlite3.Connection) -> T:
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                result = drive(steps, lambda method, sql, params: _SYNC[method](raw, sql, params))
+            except BaseException:
+                raw.execute("ROLLBACK")
+                raise
+            raw.execute("COMMIT")
+            return result
+
+        async with writer.lock:
+            return await writer.run(whole)  # not cancellable half-way: the thread finishes the transaction
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
         reader = self._open(self._reader)

@@ -15,6 +15,9 @@ from pydantic import BaseModel
 
 from . import __version__
 from .api_models import (
+    AuditList,
+    AuditToolCall,
+    AuditVerification,
     ChatCompletion,
     ErrorBody,
     Health,
@@ -31,12 +34,14 @@ _REF = "#/components/schemas/{model}"
 
 
 _MODELS: list[type[BaseModel]] = [ErrorBody, Health, ServerList, ServerDetail, ToolCallRequest, ToolRecord,
-                                  ChatCompletionRequest, ChatCompletion, ModelList, Jwks]
+                                  ChatCompletionRequest, ChatCompletion, ModelList, Jwks, AuditToolCall, AuditList,
+                                  AuditVerification]
 _ERRORS = {
-    "400": "Malformed input", "401": "Missing or invalid API key", "404": "Not found",
+    "400": "Malformed input", "401": "Missing or invalid API key", "403": "The API key lacks the role",
+    "404": "Not found",
     "413": "Body too large", "422": "Idempotency-Key reused",
     "429": "Rate limited: this API key's requests per minute (or the model provider's) are used up",
-    "403": "The API key lacks the role", "409": "Exists already (slug, immutable version)",
+    "409": "Exists already (slug, immutable version)",
     "502": "Model provider failed", "504": "Model provider or the request's time budget timed out",
 }
 # Sent with every response of a rate-limited route while rate limiting is on.
@@ -86,6 +91,14 @@ def document(prefixes: list[str]) -> dict[str, Any]:
                                        "schema": {"type": "string"}, "description": description}
     path = lambda name: {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}  # noqa: E731
     chat_ok = _json(ChatCompletion)
+    when = {"anyOf": [{"type": "string", "format": "date-time"},
+                      {"type": "string", "pattern": "^-?[0-9]{1,11}(\\.[0-9]{1,9})?$"}]}
+    typed = lambda name, description, schema: {**query(name, description), "schema": schema}  # noqa: E731
+    audit_filters = [query("server", "server instance name"), query("tool", "tool name"),
+                     typed("is_error", "only failed (true) or successful (false) calls", {"enum": ["true", "false"]}),
+                     typed("since", "started at or after: RFC 3339 or epoch seconds", when),
+                     typed("until", "started before: RFC 3339 or epoch seconds", when),
+                     query("completion_id", "completion id"), query("correlation_id", "correlation id")]
     # Each event's data: a chunk object, an `error` object, or the string [DONE].
     chat_ok["content"]["text/event-stream"] = {"schema": {"anyOf": [{"type": "object"}, {"const": "[DONE]"}]}}
     doc: dict[str, Any] = {
@@ -124,6 +137,30 @@ def document(prefixes: list[str]) -> dict[str, Any]:
                 "responses": {"200": chat_ok, **_errors("400", "401", "404", "413", "422", "429", "502", "504")}}},
             "/v1/models": {"get": {"operationId": "listModels", "security": auth,
                                    "responses": {"200": _json(ModelList), **_errors("401", "429")}}},
+            "/v1/audit/tool-calls": {"get": {
+                "operationId": "listAuditToolCalls", "security": auth,
+                "description": "The caller's tenant's audit records, newest first (404 audit_disabled when off).",
+                "parameters": [*audit_filters,
+                               typed("limit", "page size (default 50)", {"type": "integer", "minimum": 1, "maximum": 500}),
+                               typed("cursor", "`next_cursor` of the previous page",
+                                     {"type": "string", "pattern": "^[1-9][0-9]{0,17}$"})],
+                "responses": {"200": _json(AuditList), **_errors("400", "401", "404", "429")}}},
+            "/v1/audit/tool-calls/{id}": {"get": {
+                "operationId": "getAuditToolCall", "security": auth, "parameters": [path("id")],
+                "responses": {"200": _json(AuditToolCall), **_errors("401", "404", "429")}}},
+            "/v1/audit/verify": {"get": {
+                "operationId": "verifyAuditTrail", "security": auth,
+                "description": "Walks the tenant's hash chain and reports the first broken link.",
+                "responses": {"200": _json(AuditVerification), **_errors("401", "404", "429")}}},
+            "/v1/audit/export": {"get": {
+                "operationId": "exportAuditTrail", "security": auth, "parameters": audit_filters,
+                "description": "JSON lines, oldest first: one AuditToolCall per line.",
+                "responses": {"200": {"description": "OK", "content": {"application/x-ndjson": {
+                    "schema": {"type": "string"}}}}, **_errors("400", "401", "404", "429")}}},
+            "/metrics": {"get": {
+                "operationId": "metrics", "security": auth, "description": "Prometheus metrics (admin keys).",
+                "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              **_errors("401", "403", "429")}}},
         },
     }
     doc["paths"]["/v1/servers"]["get"]["parameters"] += [query("q", "search slugs, descriptions and tags"),

@@ -221,3 +221,19 @@ async def test_two_hubs_sharing_a_database_keep_one_chain(backend: str, request:
         report = (await one.get("/v1/audit/verify")).json()
         assert report["ok"] is True and report["records_checked"] == 48
         assert (await two.get("/v1/audit/verify")).json()["head"] == report["head"]
+
+
+async def test_metrics_and_request_ids(client: tuple[httpx2.AsyncClient, Hub], scripted_model: ScriptedModel) -> None:
+    http, _ = client
+    scripted_model.responder = ToolThenAnswer(tool="__echo", arguments={"text": "metric-marker"}, answer="ok")
+    response = await http.post("/v1/chat/completions", json=ask(mcp_servers=["test/plain", "test/broken"]),
+                               headers={"x-request-id": "has spaces, not sane"})
+    assert response.status_code == 200 and response.headers["x-request-id"].startswith("req_")
+    assert (await http.get("/v1/servers/test/nope")).status_code == 404
+    text = (await http.get("/metrics")).text
+    assert 'mcp_hub_model_calls_total{outcome="ok",provider="openai"} 2.0' in text
+    assert 'mcp_hub_tool_calls_total{outcome="ok",server="test/plain",tool="echo"} 1.0' in text
+    assert 'mcp_hub_errors_total{code="connect_failed",where="server"} 1.0' in text
+    assert 'mcp_hub_errors_total{code="server_not_found",where="http"} 1.0' in text
+    assert 'route="/v1/servers/{org}/{name}",status="404"' in text and "mcp_hub_audit_records_total 2.0" in text
+    assert "metric-marker" not in text and "/v1/servers/test/nope" not in text

@@ -214,3 +214,14 @@ async def test_group_commit_shares_transactions(store: AuditStore) -> None:
             tg.start_soon(trail.record, [make()])
     assert sum(commits) == 32 and len(commits) < 32  # some callers shared a commit
     assert (await store.verify("acme")).checked == 32
+
+
+async def test_the_trail_prunes_by_itself_when_retention_is_set(store: AuditStore) -> None:
+    old = await write(store, 3, ended=time.time() - 3600)
+    # 1e-5 days: 0.864 s; the trail then prunes every 0.0864 s.
+    async with AuditTrail(store.database, retention_days=1e-5):
+        deadline = time.monotonic() + 10
+        while (report := await store.verify("acme")).anchor_seq != 3 and time.monotonic() < deadline:
+            await anyio.sleep(0.02)
+    assert report.anchor_seq == 3 and report.ok and report.checked == 0 and report.head_hash == old[-1].hash
+    assert await store.get("acme", old[0].id) is None

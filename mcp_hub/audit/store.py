@@ -3,12 +3,12 @@
 Tables (owner "audit"):
 - `audit_records`: one row per record, unique (tenant, seq).
 - `audit_heads`: per tenant, the seq and hash of its last record. Appending locks the
-  tenant's head row (PostgreSQL: SELECT … FOR UPDATE; SQLite: the one writer), so that
+  tenant's head row (PostgreSQL: the upsert's row lock; SQLite: the one writer), so that
   concurrent writers, also in other hub processes, extend the chain one after the other.
 - `audit_anchors`: per tenant, the seq and hash of the last record removed by retention;
   verification of what remains starts from it.
 
-The SQL is portable; the one difference (row locks) is chosen by the database's dialect.
+The SQL is portable (SQLite ≥ 3.35 for RETURNING): one code path for both backends.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..database import Database, Migration, Transaction
+from ..database import Database, Migration, Steps, Transaction
 from .record import GENESIS, AuditRecord, chain_hash, micros
 
 MIGRATIONS = [
@@ -65,6 +65,10 @@ COLUMNS = [f.name for f in fields(AuditRecord)]
 _INSERT = f"INSERT INTO audit_records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM audit_records"
 PAGE = 1000  # rows per query when walking a whole chain
+# The tenant's head, created at seq 0 if new, and locked until the transaction ends (PostgreSQL:
+# ON CONFLICT DO UPDATE locks the row; SQLite: the transaction holds the one write lock).
+_LOCK_HEAD = ("INSERT INTO audit_heads (tenant, seq, hash) VALUES (?, 0, ?) "
+              "ON CONFLICT (tenant) DO UPDATE SET seq = audit_heads.seq RETURNING seq, hash")
 
 
 @dataclass(frozen=True)
@@ -125,32 +129,33 @@ class AuditStore:
 
     def __init__(self, database: Database) -> None:
         self.database = database
-        self._for_update = " FOR UPDATE" if database.dialect == "postgresql" else ""
 
     async def migrate(self) -> None:
         await self.database.migrate("audit", MIGRATIONS)
 
     async def _lock_head(self, tx: Transaction, tenant: str) -> tuple[int, str]:
-        await tx.execute("INSERT INTO audit_heads (tenant, seq, hash) VALUES (?, 0, ?) ON CONFLICT (tenant) DO NOTHING",
-                         (tenant, GENESIS))
-        row = await tx.fetch_one(f"SELECT seq, hash FROM audit_heads WHERE tenant = ?{self._for_update}", (tenant,))
+        row = await tx.fetch_one(_LOCK_HEAD, (tenant, GENESIS))
         assert row is not None
         return int(row["seq"]), str(row["hash"])
 
     async def append(self, records: Sequence[AuditRecord]) -> None:
         """Chain `records` onto their tenants' chains and commit them in one transaction."""
+        await self.database.run(self._append(records))
+
+    @staticmethod
+    def _append(records: Sequence[AuditRecord]) -> Steps[None]:
         by_tenant: dict[str, list[AuditRecord]] = {}
         for record in records:
             by_tenant.setdefault(record.tenant, []).append(record)
-        async with self.database.transaction() as tx:
-            for tenant in sorted(by_tenant):  # one lock order: no deadlock between writers
-                seq, prev = await self._lock_head(tx, tenant)
-                for record in by_tenant[tenant]:
-                    seq += 1
-                    record.seq, record.prev_hash = seq, prev
-                    record.hash = prev = chain_hash(prev, record.content())
-                await tx.execute_many(_INSERT, [[getattr(r, c) for c in COLUMNS] for r in by_tenant[tenant]])
-                await tx.execute("UPDATE audit_heads SET seq = ?, hash = ? WHERE tenant = ?", (seq, prev, tenant))
+        for tenant in sorted(by_tenant):  # one lock order: no deadlock between writers
+            head = yield ("fetch_one", _LOCK_HEAD, (tenant, GENESIS))
+            seq, prev = int(head["seq"]), str(head["hash"])
+            for record in by_tenant[tenant]:
+                seq += 1
+                record.seq, record.prev_hash = seq, prev
+                record.hash = prev = chain_hash(prev, record.content())
+            yield ("execute_many", _INSERT, [[getattr(r, c) for c in COLUMNS] for r in by_tenant[tenant]])
+            yield ("send", "UPDATE audit_heads SET seq = ?, hash = ? WHERE tenant = ?", (seq, prev, tenant))
 
     async def get(self, tenant: str | None, record_id: str) -> AuditRecord | None:
         """The record `record_id` of `tenant` (None: of any tenant, for operators)."""
