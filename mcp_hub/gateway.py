@@ -21,6 +21,7 @@ credentials scrubbed); tools withheld by pinning are neither listed nor callable
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 import warnings
 from contextlib import AbstractAsyncContextManager
@@ -51,6 +52,7 @@ CREDENTIALS_HEADER = "x-hub-credentials"
 ENCRYPTED_CREDENTIALS_HEADER = "x-hub-encrypted-credentials"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 ResultT = TypeVar("ResultT", bound=BaseModel)
+log = logging.getLogger("mcp_hub.gateway")
 
 
 def security_settings(settings: Settings) -> TransportSecuritySettings:
@@ -126,11 +128,17 @@ class DownstreamRelay:
         return ServerMessageMetadata(related_request_id=self._ctx.request_id)
 
     async def progress(self, progress: float, total: float | None, message: str | None) -> None:
-        await self._ctx.session.report_progress(progress, total, message)  # a no-op unless the client asked
+        try:
+            await self._ctx.session.report_progress(progress, total, message)  # a no-op unless the client asked
+        except Exception as exc:  # boundary: a client gone mid-call must not disturb the shared upstream session
+            log.debug("gateway: progress not relayed: %s", type(exc).__name__)
 
     async def log(self, params: types.LoggingMessageNotificationParams) -> None:
-        await self._ctx.session.send_notification(types.LoggingMessageNotification(params=params),
-                                                  related_request_id=self._ctx.request_id)
+        try:
+            await self._ctx.session.send_notification(types.LoggingMessageNotification(params=params),
+                                                      related_request_id=self._ctx.request_id)
+        except Exception as exc:  # boundary: as above
+            log.debug("gateway: log message not relayed: %s", type(exc).__name__)
 
     async def sampling(self, params: types.CreateMessageRequestParams) -> types.CreateMessageResult | types.ErrorData:
         if not self._ctx.session.check_client_capability(types.ClientCapabilities(sampling=types.SamplingCapability())):
@@ -140,6 +148,8 @@ class DownstreamRelay:
                                                         types.CreateMessageResult, metadata=self._related())
         except MCPError as exc:
             return exc.error
+        except Exception as exc:  # boundary: the client went away, or answered nonsense
+            return types.ErrorData(code=INTERNAL_ERROR, message=f"the gateway's client did not answer ({type(exc).__name__})")
 
     async def elicitation(self, params: types.ElicitRequestParams) -> types.ElicitResult | types.ErrorData:
         if not self._ctx.session.check_client_capability(types.ClientCapabilities(elicitation=types.ElicitationCapability())):
@@ -149,6 +159,8 @@ class DownstreamRelay:
                                                         metadata=self._related())
         except MCPError as exc:
             return exc.error
+        except Exception as exc:  # boundary: as above
+            return types.ErrorData(code=INTERNAL_ERROR, message=f"the gateway's client did not answer ({type(exc).__name__})")
 
     def capture(self, result: types.CallToolResult, scrub: Any) -> None:
         self.result, self._scrub = result, scrub
