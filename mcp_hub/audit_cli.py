@@ -73,7 +73,7 @@ def _filters(args: argparse.Namespace) -> Filters:
 @asynccontextmanager
 async def _store(settings: Settings) -> AsyncIterator[AuditStore]:
     url = settings.database_url.get_secret_value() if settings.database_url else None
-    async with open_database(url, settings.records_path) as database:
+    async with open_database(url, settings.records_path, sqlite_synchronous=settings.sqlite_synchronous) as database:
         store = AuditStore(database)
         await store.migrate()
         yield store

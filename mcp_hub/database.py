@@ -65,6 +65,7 @@ _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (owner, version)
 )"""
+_SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 _MIGRATION_LOCK = 0x6D63_7068_7562  # PostgreSQL advisory lock key ("mcphub")
 
 
@@ -142,10 +143,14 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
 
 
-def open_database(url: str | None, sqlite_path: Path) -> Database:
-    """The (unopened) database: PostgreSQL for a postgresql:// `url`, else SQLite at `sqlite_path`."""
+def open_database(url: str | None, sqlite_path: Path, *, sqlite_synchronous: str = "normal") -> Database:
+    """The (unopened) database: PostgreSQL for a postgresql:// `url`, else SQLite at `sqlite_path`.
+
+    `sqlite_synchronous`: "normal" (WAL: a commit survives the process being killed, an OS
+    crash or power loss may lose the last ones) or "full" (every commit waits for fsync).
+    """
     if url is None:
-        return SQLiteDatabase(sqlite_path)
+        return SQLiteDatabase(sqlite_path, synchronous=sqlite_synchronous)
     if urlsplit(url).scheme not in ("postgresql", "postgres"):
         raise ConfigError("database_url must be a postgresql:// URL (unset: SQLite in the data folder)")
     from .database_pg import PostgresDatabase  # psycopg loads only when configured
@@ -179,11 +184,11 @@ def _rows(cursor: sqlite3.Cursor) -> list[Row]:
 class _SQLiteConnection:
     """One sqlite3 connection used from worker threads, one operation at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, synchronous: str) -> None:
         # Autocommit mode (isolation_level=None): transactions are the explicit BEGIN/COMMIT below.
         self.raw = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
         self.raw.execute("PRAGMA journal_mode=WAL")
-        self.raw.execute("PRAGMA synchronous=FULL")  # a COMMIT is on disk when it returns
+        self.raw.execute(f"PRAGMA synchronous={_SYNCHRONOUS[synchronous]}")
         self.raw.execute("PRAGMA busy_timeout=30000")
         self.lock = anyio.Lock()
 
@@ -229,16 +234,19 @@ class SQLiteDatabase:
 
     dialect: Dialect = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, synchronous: str = "normal") -> None:
+        if synchronous not in _SYNCHRONOUS:
+            raise ConfigError("sqlite_synchronous must be normal or full")
         self.path = path
+        self.synchronous = synchronous
         self._writer: _SQLiteConnection | None = None
         self._reader: _SQLiteConnection | None = None
 
     async def __aenter__(self) -> SQLiteDatabase:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._writer = await anyio.to_thread.run_sync(_SQLiteConnection, self.path)
-            self._reader = await anyio.to_thread.run_sync(_SQLiteConnection, self.path)
+            self._writer = await anyio.to_thread.run_sync(_SQLiteConnection, self.path, self.synchronous)
+            self._reader = await anyio.to_thread.run_sync(_SQLiteConnection, self.path, self.synchronous)
         except sqlite3.Error as exc:
             await self.__aexit__(None, None, None)
             raise ConfigError(f"cannot open the records database {self.path}: {exc}") from None

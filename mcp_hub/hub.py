@@ -195,7 +195,9 @@ class Hub:
             self._state = await stack.enter_async_context(state)
             self._idempotency = IdempotencyStore(self._state, ttl=self.settings.idempotency_ttl)
             database_url = self.settings.database_url.get_secret_value() if self.settings.database_url else None
-            self._database = await stack.enter_async_context(open_database(database_url, self.settings.records_path))
+            database = open_database(database_url, self.settings.records_path,
+                                     sqlite_synchronous=self.settings.sqlite_synchronous)
+            self._database = await stack.enter_async_context(database)
             if self.settings.audit_enabled:
                 trail = AuditTrail(self._database, max_batch=self.settings.audit_batch_max,
                                    retention_days=self.settings.audit_retention_days, on_commit=self.metrics.audit_commit)

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         None, description="postgresql://user:password@host:port/db for records shared by several hubs; "
         "unset: the SQLite file data_dir/records.sqlite3 (WAL mode).")
+    sqlite_synchronous: Literal["normal", "full"] = Field(
+        "normal", description="SQLite records file: normal (a commit survives the hub being killed; an OS crash or "
+        "power loss may lose the last ones) or full (each commit waits for fsync: several times the cost).")
 
     # Audit trail of tool executions (in the records database above) and observability.
     audit_enabled: bool = Field(True, description="Record every tool execution; off: nothing is recorded (benchmarks).")

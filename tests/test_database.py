@@ -101,3 +101,27 @@ def test_tool_hash_is_canonical() -> None:
     changed = types.Tool(name="t", description="d!", input_schema=schema)
     assert tool_hash(one) == tool_hash(reordered) != tool_hash(changed)
     assert len(tool_hash(one)) == 64
+
+
+async def test_run_executes_a_generator_transaction(database: Database) -> None:
+    await database.migrate("notes", STEPS)
+
+    def add(key: str, fail: bool = False):  # type: ignore[no-untyped-def]
+        yield ("execute_many", "INSERT INTO notes (id, body, n) VALUES (?, ?, ?)", [(key, "it's 100%", 1), (f"{key}2", "?", 2)])
+        yield ("send", "UPDATE notes SET n = n + 10 WHERE id = ?", (key,))
+        row = yield ("fetch_one", "SELECT n, body FROM notes WHERE id = ?", (key,))
+        count = yield ("execute", "UPDATE notes SET score = ? WHERE n < ?", (1.5, 100))
+        rows = yield ("fetch_all", "SELECT id FROM notes ORDER BY id", ())
+        if fail:
+            raise RuntimeError("roll back")
+        return row, count, [r["id"] for r in rows]
+
+    assert await database.run(add("a")) == ({"n": 11, "body": "it's 100%"}, 2, ["a", "a2"])
+    with pytest.raises(RuntimeError, match="roll back"):
+        await database.run(add("b", fail=True))
+    with pytest.raises(Exception):  # noqa: B017 - the driver's own error: a duplicate key
+        await database.run(add("a"))
+    rows = await database.fetch_all("SELECT id, n FROM notes ORDER BY id")
+    assert rows == [{"id": "a", "n": 11}, {"id": "a2", "n": 2}]
+    async with database.transaction() as tx:  # the connection is usable after the failures
+        assert await tx.execute("DELETE FROM notes WHERE id = ?", ("a2",)) == 1
