@@ -105,3 +105,52 @@ class ModelList(_Open):
 
 class Jwks(_Open):
     keys: list[dict[str, Any]]
+
+
+class AuditToolCall(_Open):
+    """One audit record (`GET /v1/audit/tool-calls/{id}`; a line of the export)."""
+
+    object: str
+    id: str
+    tenant: str
+    seq: int
+    kind: str
+    source: str
+    completion_id: str | None
+    correlation_id: str | None
+    key_id: str | None
+    server_name: str
+    server_ref: str | None
+    tool_name: str | None
+    tool_hash: str | None
+    arguments: Any
+    result: Any
+    result_bytes: int
+    result_sha256: str
+    result_truncated: bool
+    is_error: bool
+    error_code: str | None
+    duration_ms: int
+    started_at: str
+    ended_at: str
+    model: str | None
+    turn: int | None
+    prev_hash: str
+    hash: str
+
+
+class AuditList(_Open):
+    object: str
+    data: list[AuditToolCall]
+    has_more: bool
+    next_cursor: str | None
+
+
+class AuditVerification(_Open):
+    object: str
+    tenant: str
+    ok: bool
+    records_checked: int
+    head: dict[str, Any]
+    anchor_seq: int
+    first_broken_link: dict[str, Any] | None

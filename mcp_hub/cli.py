@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from . import __version__
+from . import __version__, audit_cli, marketplace_cli
 from .apikeys import ROLES, KeyStore
 from .authentication import is_loopback
 from .credentials import Credential
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve.add_argument("--allow-unauthenticated", action="store_true", default=None,
                        help="bind a non-loopback address although no API key exists")
+    serve.add_argument("--log-format", choices=["text", "json"], help="json: JSON lines with request ids")
 
     keys = commands.add_parser("keys", help="manage hub API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = commands.add_parser("rotate-encryption-key",
                                  help="publish a new credential-encryption key (the old one decrypts for the grace period)")
     _common(rotate)
+    audit_cli.add_parser(commands, _common)
+    marketplace_cli.add_parser(commands, _common)
     return parser
 
 
@@ -226,7 +229,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     settings = _settings(args, host=args.host, port=args.port, prewarm=args.prewarm,
-                         allow_unauthenticated=args.allow_unauthenticated)
+                         allow_unauthenticated=args.allow_unauthenticated, log_format=args.log_format)
     if not is_loopback(settings.host) and not settings.allow_unauthenticated \
             and KeyStore(settings.keys_path).active_count() == 0:
         raise HubError(f"refusing to serve on {settings.host} with no API key: anyone could use the hub. "
@@ -234,6 +237,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        "or pass --allow-unauthenticated.", code="unauthenticated_bind")
     app = create_app(settings)
     print(f"mcp-hub {__version__}: {settings.registry} on http://{settings.host}:{settings.port}", file=sys.stderr)
+    if settings.log_format == "json":  # our own access lines (with the request id) replace uvicorn's
+        from .observability import logging_config
+
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on",
+                    log_config=logging_config(settings.log_level, "json"), access_log=False)
+        return 0
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on")
     return 0
 
@@ -249,6 +258,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_rotate_encryption_key(args)
         if args.command == "keys":
             return cmd_keys(args)
+        if args.command == "audit":
+            return anyio.run(audit_cli.run, args, _settings(args), table)
+        if args.command == "pins":
+            return anyio.run(marketplace_cli.run, args, _settings(args), table)
+        if args.command == "registry":
+            return anyio.run(marketplace_cli.run_registry, args, _settings(args), parse_cred_flags)
         return anyio.run(_tools if args.command == "tools" else _call, args)
     except ServerError as exc:
         print(f"error: {exc.message} ({exc.code}). {exc.recommendation}", file=sys.stderr)

@@ -175,6 +175,8 @@ class Completion:
             secrets.append(self.provider_key.get_secret_value())
         self._scrubber = Scrubber(secrets)
         mcp_tools = await self.hub.list_tools(servers)
+        await self.hub.record_server_errors(servers, CallContext(tenant=self.tenant, key_id=self.key_id,
+                                                                 request_id=self.id, model=state.model))
         check_tool_count(mcp_tools, request.tools or [], self.hub.settings.max_tools_per_request)
         catalog = ToolCatalog(mcp_tools, request.tools or [])
         automatic = request.automatic_tool_execution is not False
@@ -413,6 +415,7 @@ class Completion:
             provider, name = self.hub.providers.resolve(choice.model)
             call = ChatRequest(model=name, messages=messages, tools=tools, params=self._params(choice, catalog))
             produced = False
+            started = time.perf_counter()
             try:
                 if not self.stream:
                     result = await provider.complete(call, api_key=self.provider_key)
@@ -426,10 +429,12 @@ class Completion:
                             result = piece
                     assert result is not None
             except ProviderError as exc:
+                self.hub.metrics.model_call(provider.name, time.perf_counter() - started, exc.code)
                 if not exc.retryable or produced:
                     raise
                 last_error = exc
                 continue
+            self.hub.metrics.model_call(provider.name, time.perf_counter() - started)
             assert result is not None
             self._state.model = choice.model
             yield result

@@ -10,6 +10,7 @@ declares itself read-only or idempotent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from typing import Any
 import anyio
 import mcp.types as types
 from mcp import MCPError
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .errors import ServerError, SessionLost
 from .scrubbing import Scrubber
@@ -61,6 +62,11 @@ class ToolResult(BaseModel):
     duration_ms: int
     error_code: str | None = None
     truncated: bool = False  # the result was over the output limit and was cut
+    # For the audit trail, never in a response: when the call began (epoch seconds) and the
+    # size and SHA-256 of the full (scrubbed) result's JSON, before any cut.
+    started_at: float = Field(0.0, exclude=True)
+    result_bytes: int = Field(0, exclude=True)
+    result_sha256: str = Field("", exclude=True)
 
     def public(self) -> dict[str, Any]:
         """The PROTOCOL.md shape (plus `truncated: true` when the result was cut)."""
@@ -106,14 +112,16 @@ class Executor:
         self.default_timeout = default_timeout
         self.max_output_bytes = max_output_bytes
 
-    def _limited(self, result: Any) -> tuple[Any, bool]:
-        """The result, or when its JSON is over the limit, that JSON cut short with a marker."""
-        text = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
-        size = len(text.encode())
+    def _limited(self, result: Any) -> tuple[Any, bool, int, str]:
+        """The result, or when its JSON is over the limit, that JSON cut short with a marker;
+        and the full JSON's size and SHA-256."""
+        data = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
+        size, digest = len(data), hashlib.sha256(data).hexdigest()
         if size <= self.max_output_bytes:
-            return result, False
-        kept = text.encode()[:self.max_output_bytes].decode("utf-8", "ignore")
-        return f"{kept}\n[truncated: the tool returned {size} bytes; the first {self.max_output_bytes} are shown]", True
+            return result, False, size, digest
+        kept = data[:self.max_output_bytes].decode("utf-8", "ignore")
+        marker = f"\n[truncated: the tool returned {size} bytes; the first {self.max_output_bytes} are shown]"
+        return kept + marker, True, size, digest
 
     async def run(self, calls: Sequence[ToolCall], sessions: dict[str, ManagedSession], *,
                   parallel: bool = True) -> Batch:
@@ -136,16 +144,18 @@ class Executor:
                    server_errors: dict[str, ServerError] | None = None) -> ToolResult:
         """Run one call; never raises for tool, timeout or server failures."""
         started = time.perf_counter()
+        started_at = time.time()
 
         scrubber = session.scrubber if session is not None else Scrubber()
 
         def done(result: Any, *, is_error: bool, code: str | None = None, arguments: dict[str, Any] | None = None) -> ToolResult:
             # A server may echo a credential back: no secret leaves the executor.
-            limited, truncated = self._limited(scrubber.value(result))
+            limited, truncated, size, digest = self._limited(scrubber.value(result))
             return ToolResult(call_id=call.id, server_name=call.server, tool_name=call.tool,
                               arguments=scrubber.value(arguments) if arguments is not None else {}, result=limited,
                               is_error=is_error, duration_ms=round((time.perf_counter() - started) * 1000),
-                              error_code=code, truncated=truncated)
+                              error_code=code, truncated=truncated, started_at=started_at, result_bytes=size,
+                              result_sha256=digest)
 
         try:
             arguments = _parse_arguments(call.arguments)

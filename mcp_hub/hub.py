@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -23,19 +24,26 @@ from mcp.client.session import ElicitationFnT
 from pydantic import TypeAdapter, ValidationError
 
 from .apikeys import KeyStore
+from .audit import AuditRecord, AuditTrail, server_error_record, tool_call_record
+from .audit.record import ToolHashes
 from .credentials import Credential, bind
+from .database import Database, open_database
 from .deferred import DeferredCompletions
 from .egress import EgressGuard
 from .envelopes import unseal
 from .errors import NotFound, RequestError, ServerError
 from .executor import Batch, CallContext, Executor, ToolCall, ToolResult
+from .gateway import Gateway
 from .handoff import HandoffStore
 from .idempotency import IdempotencyStore
 from .keyring import Keyring
+from .metrics import HubMetrics
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
+from .pinning import DatabasePins, ToolGate
 from .pool import SessionPool
 from .providers import ProviderSet
 from .ratelimit import RateLimiter
+from .registrations import Registrations, RegistrationStore
 from .registry import Entry, Registry
 from .resolution import resolve
 from .scrubbing import LiveSecretsFilter
@@ -44,6 +52,7 @@ from .settings import Settings
 from .state import StateStore, open_store
 from .transports import Opener, decline_elicitation, sends_credentials
 
+PIN_RECHECK_SECONDS = 5.0  # how soon a session with withheld tools looks at its pins again
 _credentials_adapter = TypeAdapter(Credential | list[Credential])
 
 
@@ -71,6 +80,7 @@ class Servers:
 
     sessions: dict[str, ManagedSession] = field(default_factory=dict)
     errors: dict[str, ServerError] = field(default_factory=dict)
+    audited: set[str] = field(default_factory=set)  # failed servers already in the audit trail
 
     def error_entries(self) -> dict[str, dict[str, str]]:
         return {name: error.to_entry() for name, error in self.errors.items()}
@@ -105,12 +115,34 @@ class Hub:
         self._handoffs: HandoffStore | None = None
         self._deferred: DeferredCompletions | None = None
         self.instance = settings.instance_name or f"{socket.gethostname()}:{os.getpid()}"
+        self._gateway: Gateway | None = None
+        self._pins: DatabasePins | None = None
+        self._registrations: Registrations | None = None
+        self._database: Database | None = None
+        self._audit: AuditTrail | None = None  # None: not running, or `audit_enabled` is off
+        self.metrics = HubMetrics()
+        self._tool_hashes = ToolHashes()
+        self.metrics.gauges(lambda: self.status() if self._pool is not None else {})
+
+    @property
+    def database(self) -> Database:
+        """The durable-records database (`database_url`, else SQLite in the data folder)."""
+        if self._database is None:
+            raise RuntimeError("the hub is not running")
+        return self._database
 
     @property
     def providers(self) -> ProviderSet:
         if self._providers is None:
             raise RuntimeError("the hub is not running")
         return self._providers
+
+    @property
+    def audit(self) -> AuditTrail:
+        """The audit trail of tool executions."""
+        if self._audit is None:
+            raise RuntimeError("the hub is not running, or its audit trail is off (audit_enabled)")
+        return self._audit
 
     @property
     def keyring(self) -> Keyring:
@@ -147,6 +179,27 @@ class Hub:
         return self._deferred
 
     @property
+    def pins(self) -> DatabasePins:
+        """Tool pins (see `pinning.py`), in the durable-records database."""
+        if self._pins is None:
+            raise RuntimeError("the hub is not running")
+        return self._pins
+
+    @property
+    def registrations(self) -> Registrations:
+        """Servers published through the API (see `registrations.py`)."""
+        if self._registrations is None:
+            raise RuntimeError("the hub is not running")
+        return self._registrations
+
+    @property
+    def gateway(self) -> Gateway:
+        """The MCP gateway (`/mcp/{org}/{name}`), its session manager running while the hub runs."""
+        if self._gateway is None:
+            raise RuntimeError("the hub is not running")
+        return self._gateway
+
+    @property
     def pool(self) -> SessionPool:
         if self._pool is None:
             raise RuntimeError("the hub is not running")
@@ -163,6 +216,14 @@ class Hub:
             self._state = await stack.enter_async_context(state)
             self._idempotency = IdempotencyStore(self._state, ttl=self.settings.idempotency_ttl)
             self._handoffs = HandoffStore(self._state, self.settings.handoff_ttl)
+            database_url = self.settings.database_url.get_secret_value() if self.settings.database_url else None
+            database = open_database(database_url, self.settings.records_path,
+                                     sqlite_synchronous=self.settings.sqlite_synchronous)
+            self._database = await stack.enter_async_context(database)
+            if self.settings.audit_enabled:
+                trail = AuditTrail(self._database, max_batch=self.settings.audit_batch_max,
+                                   retention_days=self.settings.audit_retention_days, on_commit=self.metrics.audit_commit)
+                self._audit = await stack.enter_async_context(trail)
             if self.settings.rate_limit_per_minute:
                 self.limiter = self._state.limiter(self.settings.rate_limit_per_minute, self.settings.rate_limit_burst)
             self._http = httpx2.AsyncHTTPTransport(limits=limits)  # model providers: operator-configured URLs
@@ -175,10 +236,18 @@ class Hub:
             opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root,
                             http=self._egress_http, http_timeout=self.settings.connect_timeout, oauth=self._oauth,
                             elicitation=self._elicitation, egress=self.egress)
-            self._pool = await stack.enter_async_context(SessionPool(self.settings, opener))
+            self._pins = await DatabasePins(self._database).open()
+            self._registrations = Registrations(self, await RegistrationStore(self._database).open())
+            await self._registrations.refresh()
+            refresher = await stack.enter_async_context(anyio.create_task_group())
+            refresher.start_soon(self._registrations.refresh_forever)
+            stack.callback(refresher.cancel_scope.cancel)
+            self._pool = await stack.enter_async_context(SessionPool(self.settings, opener, gate=ToolGate(self._pins)))
             log_filter = LiveSecretsFilter(lambda: [s.scrubber for s in self.pool.sessions()])
             log_filter.install()
             stack.callback(log_filter.remove)
+            self._gateway = Gateway(self)
+            await stack.enter_async_context(self._gateway.run())
             # Background work (deferred completions) outlives requests, not the hub: cancelled first on exit.
             tasks = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tasks.cancel_scope.cancel)
@@ -199,9 +268,8 @@ class Hub:
                 await stack.__aexit__(exc_type, exc, tb)
         finally:
             # The tokens die with the hub; nothing below is usable after this.
-            self._pool = self._providers = self._oauth = self._state = self._idempotency = None
-            self._handoffs = None
-            self._deferred = None
+            self._pool = self._providers = self._oauth = self._state = self._idempotency = self._database = self._audit = None
+            self._gateway = self._pins = self._registrations = self._handoffs = self._deferred = None
             self._http = self._egress_http = None
             self.limiter = None
 
@@ -233,6 +301,7 @@ class Hub:
         """Tools of every live server, concurrently; servers that fail move to `servers.errors`."""
         cached = {name: session.ready_tools() for name, session in servers.sessions.items()}
         if all(listed is not None for listed in cached.values()):  # the hot path: no task group
+            self._pin_errors(servers)
             return {name: listed for name, listed in cached.items() if listed is not None}
         tools: dict[str, list[types.Tool]] = {}
 
@@ -250,7 +319,26 @@ class Hub:
                 tg.start_soon(one, name, session)
         for name in servers.errors:
             servers.sessions.pop(name, None)
+        self._pin_errors(servers)
         return {name: tools[name] for name in servers.sessions if name in tools}
+
+    @staticmethod
+    def _pin_errors(servers: Servers) -> None:
+        """Servers whose tools pinning withholds: their other tools are served, the error is reported."""
+        for name, session in servers.sessions.items():
+            if session.pin_error is not None:
+                servers.errors.setdefault(name, session.pin_error)
+                if time.monotonic() - session.reviewed_at > PIN_RECHECK_SECONDS:
+                    session.invalidate_tools()  # approved elsewhere (CLI, another hub)? the next listing sees it
+
+    async def approve_pins(self, server: str, version: str, tools: Sequence[str] | None = None, *,
+                           approved_by: str) -> list[str]:
+        """An admin approves the changed tools of `server@version`; live sessions re-list."""
+        approved = await self.pins.approve(server, version, tools, approved_by=approved_by)
+        for session in self.pool.sessions():
+            if session.target.slug == server and session.target.version_key == version:
+                session.invalidate_tools()
+        return approved
 
     async def execute(self, calls: Sequence[ToolCall], servers: Servers, *, parallel: bool = True,
                       context: CallContext | None = None) -> Batch:
@@ -258,7 +346,29 @@ class Hub:
         batch = await self.executor.run(calls, servers.sessions, parallel=parallel)
         for name, error in batch.server_errors.items():
             servers.errors.setdefault(name, error)
+        await self._record(batch.results, servers, context)
         return batch
+
+    async def record_server_errors(self, servers: Servers, context: CallContext | None = None) -> None:
+        """Put the request's failed servers in the audit trail (each once per request)."""
+        await self._record([], servers, context)
+
+    async def _record(self, results: Sequence[ToolResult], servers: Servers, context: CallContext | None) -> None:
+        """Metrics for `results`, and their audit records (with any new server failures), committed."""
+        for result in results:
+            self.metrics.tool_call(result.server_name, result.tool_name, result.duration_ms / 1000, result.error_code,
+                                   result.is_error)
+        failed = [name for name in servers.errors if name not in servers.audited]
+        servers.audited.update(failed)
+        self.metrics.server_errors(servers.errors[name].code for name in failed)
+        if self._audit is None:
+            return
+        context = context or CallContext()
+        limit = self.settings.audit_result_max_bytes
+        records: list[AuditRecord] = [server_error_record(name, servers.errors[name], context) for name in failed]
+        records += [tool_call_record(result, servers.sessions.get(result.server_name), context, limit, self._tool_hashes)
+                    for result in results]
+        await self._audit.record(records)
 
     # -- one-shot operations (API and CLI) ----------------------------------------------------
 
@@ -272,6 +382,7 @@ class Hub:
         name = next(iter(servers.sessions), None) or next(iter(servers.errors), str(server))
         result = await self.executor.call(ToolCall(server=name, tool=tool, arguments=arguments),
                                           servers.sessions.get(name), servers.errors)
+        await self._record([result], servers, context or CallContext(tenant=tenant, source="direct"))
         return result, servers
 
     def entry(self, slug: str) -> Entry:

@@ -125,6 +125,21 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         None, description="postgresql://user:password@host:port/db for records shared by several hubs; "
         "unset: the SQLite file data_dir/records.sqlite3 (WAL mode).")
+    sqlite_synchronous: Literal["normal", "full"] = Field(
+        "normal", description="SQLite records file: normal (a commit survives the hub being killed; an OS crash or "
+        "power loss may lose the last ones) or full (each commit waits for fsync: several times the cost).")
+
+    # Audit trail of tool executions (in the records database above) and observability.
+    audit_enabled: bool = Field(True, description="Record every tool execution; off: nothing is recorded (benchmarks).")
+    audit_retention_days: float | None = Field(
+        None, gt=0, description="Days after which audit records are pruned (an anchor keeps the rest verifiable); "
+        "unset: kept forever.")
+    audit_result_max_bytes: int = Field(
+        16 * 1024, ge=256, description="A recorded result (or arguments) JSON over this is cut; its full size and "
+        "SHA-256 are recorded.")
+    audit_batch_max: int = Field(512, ge=1, description="Most records committed in one transaction (group commit).")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per log line, each with the request's X-Request-Id.")
 
     # Limits (each refused with an error naming the limit; per-call timeouts are `call_timeout` above).
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body; over it: 413 body_too_large.")
@@ -147,6 +162,14 @@ class Settings(BaseSettings):
         None, gt=0, description="Seconds after which a generated key is rotated automatically; unset: only by hand.")
     encryption_key_grace: float = Field(
         7 * 24 * 3600.0, ge=0, description="Seconds a rotated-out key still decrypts before it is deleted.")
+
+    # The MCP gateway (/mcp/{org}/{name}): which Host and Origin headers it answers (DNS rebinding).
+    gateway_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host headers the MCP gateway accepts besides loopback names and `host` "
+        "(`name:port`, `name:*`; comma-separated); `*` turns the check off (behind a proxy that checks Host).")
+    gateway_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origin headers the MCP gateway accepts besides loopback origins "
+        "(`https://app.example`, `http://name:*`); requests without an Origin are always accepted.")
 
     _config_file: ClassVar[Path | None] = None
 
@@ -174,6 +197,14 @@ class Settings(BaseSettings):
             value = json.loads(text) if text.startswith("[") else [part.strip() for part in text.split(",") if part.strip()]
         if isinstance(value, list):
             Allowlist.parse(str(item) for item in value)  # a bad entry fails at start-up, named
+        return value
+
+    @field_validator("gateway_allowed_hosts", "gateway_allowed_origins", mode="before")
+    @classmethod
+    def _name_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [part.strip() for part in text.split(",") if part.strip()]
         return value
 
     @field_validator("state_url")

@@ -130,6 +130,34 @@ def redis_state() -> Iterator[tuple[str, str]]:
         client.close()
 
 
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL whose tables land in a fresh schema of their own, dropped afterwards.
+
+    Skips when PostgreSQL is unreachable, except in CI (`CI=true`), where that is a failure.
+    """
+    import uuid
+
+    import psycopg
+
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is unreachable in CI: {exc}")
+        pytest.skip(f"PostgreSQL at {POSTGRES_URL} is unreachable: {exc}")
+    schema = f"t_{uuid.uuid4().hex}"
+    with admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 @pytest.fixture
 def registry() -> Registry:
     return Registry.from_data({"servers": {"test/probe": probe_entry()}}, root=ROOT)

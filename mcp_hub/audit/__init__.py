@@ -1,0 +1,76 @@
+"""The audit trail: a tamper-evident, durable record of every tool execution.
+
+`AuditTrail` is opened on the Hub's exit stack over the records database: it migrates
+the schema, runs the group-commit flusher (`writer.py`) and, when `audit_retention_days`
+is set, prunes old records hourly (`store.py`). `Hub.execute` / `Hub.call_tool` build
+the records (`record.py`) and wait in `record()` until they are committed, so a response
+never reports a tool call whose record could be lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from types import TracebackType
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ..database import Database
+from .record import AuditRecord, server_error_record, tool_call_record
+from .store import AuditStore, Filters, Verification
+from .writer import AuditWriter
+
+__all__ = ["AuditRecord", "AuditStore", "AuditTrail", "Filters", "Verification", "server_error_record",
+           "tool_call_record"]
+
+log = logging.getLogger("mcp_hub.audit")
+PRUNE_EVERY = 3600.0  # seconds between retention runs (capped at a tenth of the retention age)
+
+
+class AuditTrail:
+    """The store plus its writer and retention task; an async context manager."""
+
+    def __init__(self, database: Database, *, max_batch: int = 512, retention_days: float | None = None,
+                 on_commit: Callable[[int, float], None] | None = None) -> None:
+        self.store = AuditStore(database)
+        self.writer = AuditWriter(self.store, max_batch, on_commit)
+        self.retention = retention_days * 86400 if retention_days else None
+        self._tg: TaskGroup | None = None
+
+    async def __aenter__(self) -> AuditTrail:
+        await self.store.migrate()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        tg.start_soon(self.writer.run)
+        if self.retention is not None:
+            tg.start_soon(self._prune_periodically, self.retention)
+        self._tg = tg
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        tg, self._tg = self._tg, None
+        if tg is None:
+            return
+        self.writer.close()  # the flusher commits what is queued, then returns
+        with anyio.CancelScope(shield=True):
+            await self.writer.finished.wait()
+        tg.cancel_scope.cancel()  # the retention task
+        await tg.__aexit__(None, None, None)  # an exception of the body propagates by itself
+
+    async def record(self, records: Sequence[AuditRecord]) -> None:
+        """Commit `records` (returns once they are durable); raises `AuditUnavailable` if it failed."""
+        if records:
+            await self.writer.write(records)
+
+    async def _prune_periodically(self, older_than: float) -> None:
+        while True:
+            try:
+                removed = await self.store.prune(older_than)
+            except Exception as exc:  # a transient database error: try again next time
+                log.error("audit retention: pruning failed: %s", type(exc).__name__)
+            else:
+                if removed:
+                    log.info("audit retention: pruned %d records", sum(removed.values()))
+            await anyio.sleep(min(PRUNE_EVERY, older_than / 10))

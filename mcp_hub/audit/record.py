@@ -1,0 +1,166 @@
+"""One audit record of a tool execution (or of a server that could not be reached), and its hash.
+
+A record's `hash` is SHA-256 over the hash of the tenant's previous record and the
+canonical JSON of every other field (`chain_hash`), so the records of a tenant form a
+chain: editing, inserting or deleting one breaks the link at that point. Arguments and
+results are stored as JSON text, exactly as hashed, already scrubbed of secrets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import ServerError
+from ..executor import CallContext, ToolResult
+from ..sessions import ManagedSession
+from ..tool_hash import tool_hash
+
+GENESIS = "0" * 64  # the "previous hash" of a tenant's first record
+TOOL_CALL, SERVER_ERROR = "tool_call", "server_error"
+
+
+@dataclass
+class AuditRecord:
+    """A row of `audit_records`. `seq`, `prev_hash` and `hash` are set when it joins the chain."""
+
+    id: str
+    tenant: str
+    kind: str  # tool_call | server_error (a server that failed: no tool, an error code)
+    source: str  # completion | handoff | deferred | direct | gateway
+    completion_id: str | None
+    correlation_id: str | None
+    key_id: str | None
+    server_name: str
+    server_ref: str | None  # slug@version, or the URL's host
+    tool_name: str | None
+    tool_hash: str | None  # tool_hash() of the definition as the server listed it
+    arguments: str  # JSON text, scrubbed, cut at the audit limit
+    result: str  # JSON text, scrubbed, cut at the audit limit
+    result_bytes: int  # size of the full result's JSON
+    result_sha256: str  # SHA-256 of the full result's JSON
+    result_truncated: bool
+    is_error: bool
+    error_code: str | None
+    duration_ms: int
+    started_at: int  # microseconds since the epoch (UTC)
+    ended_at: int
+    model: str | None
+    turn: int | None
+    seq: int = 0
+    prev_hash: str = ""
+    hash: str = ""
+
+    def content(self) -> dict[str, Any]:
+        """Every field but `hash`: what the hash covers."""
+        return {name: getattr(self, name) for name in CONTENT}
+
+    def view(self) -> dict[str, Any]:
+        """The API shape: JSON values parsed, times as RFC 3339."""
+        fields = {**self.content(), "hash": self.hash}
+        fields["arguments"] = json.loads(self.arguments)
+        fields["result"] = json.loads(self.result)
+        fields["started_at"] = _rfc3339(self.started_at)
+        fields["ended_at"] = _rfc3339(self.ended_at)
+        return {"object": "audit.tool_call", **fields}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> AuditRecord:
+        record = cls(**row)
+        record.result_truncated, record.is_error = bool(record.result_truncated), bool(record.is_error)
+        return record
+
+
+CONTENT = tuple(f.name for f in dataclass_fields(AuditRecord) if f.name != "hash")
+
+
+def chain_hash(prev_hash: str, content: dict[str, Any]) -> str:
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{prev_hash}\n{text}".encode()).hexdigest()
+
+
+def micros(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+def _rfc3339(us: int) -> str:
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def capped(value: Any, limit: int) -> tuple[str, bool]:
+    """`value` as JSON text, or when over `limit` bytes, a JSON string of its first bytes and a marker."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    data = text.encode()
+    if len(data) <= limit:
+        return text, False
+    kept = data[:limit].decode("utf-8", "ignore")
+    return json.dumps(f"{kept}\n[truncated for the audit trail: {len(data)} bytes]", ensure_ascii=False), True
+
+
+def server_ref(session: ManagedSession | None) -> str | None:
+    if session is None:
+        return None
+    target = session.target
+    if target.slug is not None:
+        return f"{target.slug}@{target.version_key}" if target.version_key else target.slug
+    return urlsplit(target.version.url).hostname if target.version.url else None
+
+
+def _new_id() -> str:
+    return f"audit_{uuid.uuid4().hex}"
+
+
+class ToolHashes:
+    """`tool_hash` of listed tools, computed once per tool list a session holds."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        # id(list) -> (the list itself, so that its id is not reused while cached; name -> hash)
+        self._cache: dict[int, tuple[list[Any], dict[str, str]]] = {}
+
+    def of(self, session: ManagedSession | None, tool: str) -> str | None:
+        listed = session.cached_tools() if session is not None else None
+        if not listed:
+            return None
+        cached = self._cache.get(id(listed))
+        if cached is None or cached[0] is not listed:
+            if len(self._cache) >= self._size:
+                self._cache.clear()
+            cached = self._cache[id(listed)] = (listed, {t.name: tool_hash(t) for t in listed})
+        return cached[1].get(tool)
+
+
+def tool_call_record(result: ToolResult, session: ManagedSession | None, context: CallContext, limit: int,
+                     hashes: ToolHashes | None = None) -> AuditRecord:
+    arguments, _ = capped(result.arguments, limit)
+    text, cut = capped(result.result, limit)
+    started = result.started_at or time.time() - result.duration_ms / 1000
+    return AuditRecord(
+        id=_new_id(), tenant=context.tenant, kind=TOOL_CALL, source=context.source,
+        completion_id=context.request_id, correlation_id=context.correlation_id, key_id=context.key_id,
+        server_name=result.server_name, server_ref=server_ref(session), tool_name=result.tool_name,
+        tool_hash=(hashes or ToolHashes()).of(session, result.tool_name), arguments=arguments, result=text,
+        result_bytes=result.result_bytes, result_sha256=result.result_sha256,
+        result_truncated=cut or result.truncated, is_error=result.is_error, error_code=result.error_code,
+        duration_ms=result.duration_ms, started_at=micros(started), ended_at=micros(started) + result.duration_ms * 1000,
+        model=context.model, turn=context.turn)
+
+
+def server_error_record(name: str, error: ServerError, context: CallContext) -> AuditRecord:
+    """A server of the request that could not be opened, listed or reached."""
+    data = json.dumps({"error": error.to_entry()}, separators=(",", ":"), ensure_ascii=False)
+    now = micros(time.time())
+    return AuditRecord(
+        id=_new_id(), tenant=context.tenant, kind=SERVER_ERROR, source=context.source,
+        completion_id=context.request_id, correlation_id=context.correlation_id, key_id=context.key_id,
+        server_name=name, server_ref=None, tool_name=None, tool_hash=None, arguments="{}", result=data,
+        result_bytes=len(data.encode()), result_sha256=hashlib.sha256(data.encode()).hexdigest(),
+        result_truncated=False, is_error=True, error_code=error.code, duration_ms=0, started_at=now, ended_at=now,
+        model=context.model, turn=context.turn)

@@ -1,0 +1,122 @@
+"""Request ids, request metrics and JSON-lines logs.
+
+`Observability` is the outermost ASGI middleware: it gives every HTTP request an id
+(`X-Request-Id`: the caller's when it sends a sane one, else a new one), returns it in
+the response header, counts and times the request by route template and status in the
+hub's metrics, and with `log_format: json` writes one access line per request. Every
+log line written while the request runs carries the same `request_id`.
+
+Logged: method, route template, status, duration, request id. Never a query string,
+a header, a body, an argument or a result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .metrics import HubMetrics
+
+# The id of the request the current task works for; a ContextVar is per task (and is
+# copied into the tasks a request starts), so it is request-scoped, not shared state.
+REQUEST_ID: ContextVar[str | None] = ContextVar("mcp_hub_request_id", default=None)
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+access_log = logging.getLogger("mcp_hub.access")
+
+
+def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
+    """The path template of the route `scope` matches (`/v1/servers/{org}/{name}`), else "unmatched"."""
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return getattr(route, "path", "unmatched")
+    return "unmatched"
+
+
+class Observability:
+    """Request id, metrics and (optionally) a JSON access line for each HTTP request."""
+
+    def __init__(self, app: ASGIApp, metrics: HubMetrics, routes: Sequence[BaseRoute], access_lines: bool = False) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+        self.access_lines = access_lines
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _SANE_ID.match(given) else f"req_{uuid.uuid4().hex}"
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        token = REQUEST_ID.set(request_id)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route = route_template(self.routes, scope)
+            self.metrics.request(route, scope["method"], status, seconds, state.get("error_code"))
+            if self.access_lines:
+                access_log.info("%s %s %d", scope["method"], route, status,
+                                extra={"http": {"method": scope["method"], "route": route, "status": status,
+                                                "duration_ms": round(seconds * 1000, 3)}})
+            REQUEST_ID.reset(token)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` (None outside a request) to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id (and `http` on access lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", None) or REQUEST_ID.get(),
+        }
+        http = getattr(record, "http", None)
+        if isinstance(http, dict):
+            line["http"] = http
+        if record.exc_info:
+            line["exception"] = type(record.exc_info[1]).__name__  # the type only: a message may hold a value
+        return json.dumps(line, ensure_ascii=False)
+
+
+def logging_config(level: str, log_format: str) -> dict[str, Any]:
+    """A `logging.config.dictConfig` for the hub and uvicorn (uvicorn's `log_config`)."""
+    formatter = {"()": JsonFormatter} if log_format == "json" else {"format": "%(levelname)s %(name)s: %(message)s"}
+    handler = {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "hub",
+               "filters": ["request_id"]}
+    loggers = {name: {"handlers": ["stderr"], "level": level.upper(), "propagate": False}
+               for name in ("mcp_hub", "uvicorn", "uvicorn.error", "uvicorn.access")}
+    return {"version": 1, "disable_existing_loggers": False, "formatters": {"hub": formatter},
+            "filters": {"request_id": {"()": RequestIdFilter}}, "handlers": {"stderr": handler}, "loggers": loggers}
