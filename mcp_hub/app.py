@@ -237,7 +237,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Starlett
     # Authentication first: the rate limit counts per API key.
     # Observability outermost: every response (a 401 too) gets an X-Request-Id and is counted.
     middleware = [Middleware(Observability, metrics=hub.metrics, routes=ROUTES, access_lines=settings.log_format == "json"),
-                  Middleware(InstanceHeader, name=hub.instance), Middleware(Authentication, keys=hub.keys),
+                  Middleware(InstanceHeader, name=hub.instance), Middleware(Authentication, keys=lambda: hub.keys),
                   Middleware(RateLimiting, limiter=lambda: hub.limiter)]
     return Starlette(routes=ROUTES, lifespan=lifespan, middleware=middleware,
                      exception_handlers={HubError: _error_response, HTTPException: _error_response,

@@ -2,7 +2,9 @@
 
 A pure ASGI middleware in front of every route. With no active key in the store the
 hub is open (every request is the `default` tenant) — `mcp-hub serve` then binds only
-to loopback addresses unless explicitly overridden. Once a key exists, every route but
+to loopback addresses unless explicitly overridden. The store is shared by every hub on
+the same records database; it caches (see `apikeys.CACHE_SECONDS`) which keys are valid and
+whether any exists. Once a key exists, every route but
 the public ones needs one; the request's `Principal` (tenant, key id) is put in
 `scope["state"]["principal"]` for handlers.
 """
@@ -10,7 +12,7 @@ the public ones needs one; the request's `Principal` (tenant, key id) is put in
 from __future__ import annotations
 
 import ipaddress
-import time
+from collections.abc import Callable
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -19,7 +21,6 @@ from .apikeys import ANONYMOUS, AuthError, KeyStore
 
 PUBLIC_PATHS = frozenset({"/healthz", "/.well-known/jwks.json", "/openapi.json", "/console"})
 PUBLIC_PREFIX = "/console/"  # the web console's static files (the page then calls the API with a key)
-OPEN_CHECK_SECONDS = 5.0
 
 
 def is_loopback(host: str) -> bool:
@@ -44,18 +45,10 @@ def presented_key(headers: dict[bytes, bytes]) -> str | None:
 class Authentication:
     """Resolves the caller of each HTTP request, or answers 401 in the hub's error shape."""
 
-    def __init__(self, app: ASGIApp, keys: KeyStore) -> None:
+    def __init__(self, app: ASGIApp, keys: Callable[[], KeyStore]) -> None:
+        """`keys`: the running hub's key store (called per request: the store exists while the hub runs)."""
         self.app = app
         self.keys = keys
-        self._open_checked = -OPEN_CHECK_SECONDS
-        self._open = True
-
-    def _is_open(self) -> bool:
-        now = time.monotonic()
-        if now - self._open_checked >= OPEN_CHECK_SECONDS:
-            self._open = self.keys.active_count() == 0
-            self._open_checked = now
-        return self._open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,9 +56,10 @@ class Authentication:
             return
         state = scope.setdefault("state", {})
         key = presented_key(dict(scope["headers"]))
-        principal = await self.keys.lookup(key) if key else None
+        keys = self.keys()
+        principal = await keys.lookup(key) if key else None
         if principal is None:
-            if scope["path"] in PUBLIC_PATHS or scope["path"].startswith(PUBLIC_PREFIX) or self._is_open():
+            if scope["path"] in PUBLIC_PATHS or scope["path"].startswith(PUBLIC_PREFIX) or await keys.is_open():
                 principal = ANONYMOUS
             else:
                 error = AuthError("a valid hub API key is required (Authorization: Bearer <key> or x-api-key)"

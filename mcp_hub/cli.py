@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 from . import __version__, audit_cli, marketplace_cli
-from .apikeys import ROLES, KeyStore
+from .apikeys import ROLES, open_key_store
 from .authentication import is_loopback
 from .credentials import Credential
 from .errors import HubError, ServerError
@@ -34,6 +34,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="where the hub writes (default: .mcp-hub)")
     parser.add_argument("--config", type=Path, help="settings file (YAML or TOML)")
     parser.add_argument("--log-level", help="critical, error, warning, info or debug")
+    parser.add_argument("--database-url", help="records database (API keys, audit, registrations): postgresql://...; "
+                        "unset: MCP_HUB_DATABASE_URL, else SQLite in the data folder. Prefer the variable for a password")
 
 
 def _creds(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
-    return Settings.load(args.config, registry=args.registry, data_dir=args.data_dir, log_level=args.log_level, **extra)
+    return Settings.load(args.config, registry=args.registry, data_dir=args.data_dir, log_level=args.log_level,
+                         database_url=getattr(args, "database_url", None), **extra)
 
 
 def parse_cred_flags(values: Sequence[str]) -> list[Credential]:
@@ -186,18 +189,23 @@ def _render_text(result: Any) -> str:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    store = KeyStore(_settings(args).keys_path)
-    if args.keys_command == "create":
-        key, record = store.create(args.tenant, args.name, args.role)
-        print(key)
-        print(f"created key {record.id} for tenant {record.tenant!r} ({record.role}); it is shown only once",
-              file=sys.stderr)
-        return 0
-    if args.keys_command == "revoke":
-        record = store.revoke(args.key_id)
-        print(f"revoked key {record.id} of tenant {record.tenant!r}", file=sys.stderr)
-        return 0
-    records = store.list()
+    """`keys create|list|revoke` on the records database of the settings (no MCP server is started)."""
+    return anyio.run(_keys, args, _settings(args))
+
+
+async def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_key_store(settings) as store:
+        if args.keys_command == "create":
+            key, record = await store.create(args.tenant, args.name, args.role)
+            print(key)
+            print(f"created key {record.id} for tenant {record.tenant!r} ({record.role}); it is shown only once",
+                  file=sys.stderr)
+            return 0
+        if args.keys_command == "revoke":
+            record = await store.revoke(args.key_id)
+            print(f"revoked key {record.id} of tenant {record.tenant!r}", file=sys.stderr)
+            return 0
+        records = await store.list()
     if args.json:
         print(json.dumps([r.__dict__ for r in records], indent=2))
         return 0
@@ -205,6 +213,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
             for r in records]
     print(table(rows, ["ID", "TENANT", "NAME", "ROLE", "CREATED", "REVOKED"]))
     return 0
+
+
+async def _active_keys(settings: Settings) -> int:
+    async with open_key_store(settings) as store:
+        return await store.active_count()
 
 
 def _when(timestamp: float | None) -> str:
@@ -231,7 +244,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port, prewarm=args.prewarm,
                          allow_unauthenticated=args.allow_unauthenticated, log_format=args.log_format)
     if not is_loopback(settings.host) and not settings.allow_unauthenticated \
-            and KeyStore(settings.keys_path).active_count() == 0:
+            and anyio.run(_active_keys, settings) == 0:
         raise HubError(f"refusing to serve on {settings.host} with no API key: anyone could use the hub. "
                        "Create one with `mcp-hub keys create --tenant NAME`, bind to 127.0.0.1, "
                        "or pass --allow-unauthenticated.", code="unauthenticated_bind")

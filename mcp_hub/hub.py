@@ -100,7 +100,6 @@ class Hub:
         self._oauth_identity = oauth_identity
         self._user_agent = user_agent
         self._elicitation = elicitation
-        self.keys = KeyStore(settings.keys_path)
         self._http: httpx2.AsyncHTTPTransport | None = None
         self._providers: ProviderSet | None = None
         self._oauth: OAuthBroker | None = None
@@ -119,6 +118,7 @@ class Hub:
         self._pins: DatabasePins | None = None
         self._registrations: Registrations | None = None
         self._database: Database | None = None
+        self._keys: KeyStore | None = None
         self._audit: AuditTrail | None = None  # None: not running, or `audit_enabled` is off
         self.metrics = HubMetrics()
         self._tool_hashes = ToolHashes()
@@ -130,6 +130,13 @@ class Hub:
         if self._database is None:
             raise RuntimeError("the hub is not running")
         return self._database
+
+    @property
+    def keys(self) -> KeyStore:
+        """Hub API keys (see `apikeys.py`), in the durable-records database."""
+        if self._keys is None:
+            raise RuntimeError("the hub is not running")
+        return self._keys
 
     @property
     def providers(self) -> ProviderSet:
@@ -220,6 +227,7 @@ class Hub:
             database = open_database(database_url, self.settings.records_path,
                                      sqlite_synchronous=self.settings.sqlite_synchronous)
             self._database = await stack.enter_async_context(database)
+            self._keys = await KeyStore(self._database).open(legacy=self.settings.keys_path)
             if self.settings.audit_enabled:
                 trail = AuditTrail(self._database, max_batch=self.settings.audit_batch_max,
                                    retention_days=self.settings.audit_retention_days, on_commit=self.metrics.audit_commit)
@@ -270,6 +278,7 @@ class Hub:
             # The tokens die with the hub; nothing below is usable after this.
             self._pool = self._providers = self._oauth = self._state = self._idempotency = self._database = self._audit = None
             self._gateway = self._pins = self._registrations = self._handoffs = self._deferred = None
+            self._keys = None
             self._http = self._egress_http = None
             self.limiter = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import socket
@@ -14,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import httpx2
 import pytest
 
@@ -166,6 +168,20 @@ def registry() -> Registry:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings.load(data_dir=tmp_path / "data", connect_timeout=20, restart_backoff=0.05)
+
+
+async def create_key(settings: Settings, tenant: str, name: str = "", role: str = "member") -> str:
+    """A new hub API key in the records database of `settings` (as `mcp-hub keys create` makes it)."""
+    from mcp_hub.apikeys import open_key_store
+
+    async with open_key_store(settings) as keys:
+        return (await keys.create(tenant, name, role))[0]
+
+
+def create_key_now(settings: Settings, tenant: str, name: str = "", role: str = "member") -> str:
+    """`create_key` from synchronous code, even code an event loop called (in a thread of its own)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(anyio.run, create_key, settings, tenant, name, role).result()
 
 
 @contextlib.asynccontextmanager

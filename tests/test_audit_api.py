@@ -15,7 +15,7 @@ import anyio
 import httpx2
 import pytest
 
-from mcp_hub.apikeys import KeyStore
+from mcp_hub.apikeys import open_key_store
 from mcp_hub.cli import main
 from mcp_hub.hub import Hub
 from mcp_hub.registry import Registry
@@ -135,9 +135,9 @@ async def test_filters_pagination_and_bad_queries(client: tuple[httpx2.AsyncClie
 
 async def test_tenants_see_only_their_own_records(tmp_path: Path, scripted_model: ScriptedModel) -> None:
     settings = hub_settings(tmp_path, scripted_model)
-    keys = KeyStore(settings.keys_path)
-    key_a, record_a = keys.create("tenant-a")
-    key_b, _ = keys.create("tenant-b")
+    async with open_key_store(settings) as keys:
+        key_a, record_a = await keys.create("tenant-a")
+        key_b, _ = await keys.create("tenant-b")
     async with asgi_client(settings, registry()) as (http, _):
         a, b = {"x-api-key": key_a}, {"x-api-key": key_b}
         call = {"server": "test/plain", "tool": "echo", "arguments": {"text": "mine"}}

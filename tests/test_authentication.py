@@ -10,24 +10,26 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from mcp_hub.apikeys import KeyStore
+from mcp_hub.apikeys import KeyStore, open_key_store
 from mcp_hub.authentication import is_loopback, presented_key
 from mcp_hub.registry import Registry
 from mcp_hub.settings import Settings
 
-from .conftest import asgi_client
+from .conftest import asgi_client, owned
 from .test_api import assert_error
 
 
 @pytest.fixture
-def keys(settings: Settings) -> KeyStore:
-    return KeyStore(settings.keys_path)
+async def keys(settings: Settings) -> AsyncIterator[KeyStore]:
+    """A key store of its own on the hub's records database (as another hub, or the CLI, has)."""
+    async with owned(open_key_store(settings)) as store:
+        yield store
 
 
 @pytest.fixture
 async def secured(settings: Settings, registry: Registry, keys: KeyStore) -> AsyncIterator[httpx2.AsyncClient]:
     """A hub whose store already had a key at start-up: authentication is on."""
-    keys.create("bootstrap")
+    await keys.create("bootstrap")
     async with asgi_client(settings, registry) as (client, hub):
         client.hub_keys = hub.keys  # type: ignore[attr-defined]
         yield client
@@ -42,17 +44,17 @@ async def test_keys_required_once_one_exists(secured: httpx2.AsyncClient, keys: 
     body = assert_error(await secured.get("/v1/servers"), 401, "invalid_api_key")
     assert "API key is required" in body["message"]
     assert_error(await secured.get("/v1/servers", headers={"Authorization": "Bearer mh_nope"}), 401, "invalid_api_key")
-    key, record = keys.create("acme", name="test")
+    key, record = await keys.create("acme", name="test")
     assert (await secured.get("/v1/servers", headers={"Authorization": f"Bearer {key}"})).status_code == 200
     assert (await secured.get("/v1/servers", headers={"x-api-key": key})).status_code == 200
     assert (await secured.get("/healthz")).status_code == 200  # public
-    secured.hub_keys.revoke(record.id)  # type: ignore[attr-defined]  # the hub's own store: no cache delay
+    await secured.hub_keys.revoke(record.id)  # type: ignore[attr-defined]  # the hub's own store: no cache delay
     assert_error(await secured.get("/v1/servers", headers={"x-api-key": key}), 401, "invalid_api_key")
 
 
 async def test_tenants_get_separate_sessions(secured: httpx2.AsyncClient, keys: KeyStore) -> None:
-    alice, _ = keys.create("alice")
-    bob, _ = keys.create("bob")
+    alice, _ = await keys.create("alice")
+    bob, _ = await keys.create("bob")
 
     async def pid(key: str) -> int:
         response = await secured.post("/v1/tools/call", json={"server": "test/probe", "tool": "pid"},
@@ -64,12 +66,14 @@ async def test_tenants_get_separate_sessions(secured: httpx2.AsyncClient, keys: 
     assert await pid(bob) != first_alice
 
 
-def test_keys_are_stored_hashed(keys: KeyStore, settings: Settings) -> None:
-    key, record = keys.create("acme", role="admin")
+async def test_keys_are_stored_hashed(keys: KeyStore, settings: Settings) -> None:
+    key, record = await keys.create("acme", role="admin")
     assert key.startswith(f"mh_{record.id}_")
-    assert key.encode() not in settings.keys_path.read_bytes()
-    assert [r.tenant for r in keys.list()] == ["acme"]
-    assert keys.active_count() == 1
+    files = list(settings.records_path.parent.glob(f"{settings.records_path.name}*"))  # with -wal
+    assert files and not any(key.encode() in f.read_bytes() for f in files)
+    assert record.id.encode() in b"".join(f.read_bytes() for f in files)  # the search could find it
+    assert [r.tenant for r in await keys.list()] == ["acme"]
+    assert await keys.active_count() == 1
 
 
 def test_key_presentation_and_loopback() -> None:

@@ -19,7 +19,7 @@ import pytest
 from mcp_hub.registry import Registry
 from mcp_hub.settings import Settings
 
-from .conftest import PROBE, ROOT, probe_entry
+from .conftest import PROBE, ROOT, create_key_now, probe_entry
 from .hub_server import HubServer
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -72,8 +72,8 @@ def test_console_shows_marketplace_executions_and_chain(browser: object, tmp_pat
     wait = WebDriverWait(driver, 20)
     settings = Settings.load(data_dir=tmp_path / "data", restart_backoff=0.05)
     registry = Registry.from_data({"servers": {"test/probe": probe_entry()}}, root=ROOT)
+    key = create_key_now(settings, "acme", "console", "admin")
     with HubServer.serve(settings, registry) as server:
-        key, _ = server.hub.keys.create("acme", "console", "admin")
         auth = {"authorization": f"Bearer {key}"}
         with httpx2.Client(base_url=server.url, headers=auth, timeout=60) as http:
             created = http.post("/v1/servers", json={

@@ -9,10 +9,9 @@ from typing import Any
 import anyio
 import httpx2
 
-from mcp_hub.apikeys import KeyStore
 from mcp_hub.registry import Registry
 
-from .conftest import ROOT, asgi_client, probe_entry
+from .conftest import ROOT, asgi_client, create_key, probe_entry
 from .model_fixtures import Reply, ScriptedModel, ToolThenAnswer
 from .test_completions import ask, chat_settings
 
@@ -37,9 +36,8 @@ async def poll(client: httpx2.AsyncClient, request_id: str, headers: dict[str, s
 
 
 async def test_deferred_completion_runs_in_the_background(tmp_path: Path, scripted_model: ScriptedModel) -> None:
-    keys = KeyStore(chat_settings(tmp_path, scripted_model).keys_path)
-    acme, _ = keys.create("acme")
-    other, _ = keys.create("other")
+    acme = await create_key(chat_settings(tmp_path, scripted_model), "acme")
+    other = await create_key(chat_settings(tmp_path, scripted_model), "other")
     scripted_model.responder = ToolThenAnswer(tool="__echo", arguments={"text": "deep"}, answer="Got {result}")
     scripted_model.push(Reply.call(("test-probe__echo", {"text": "deep"}), delay=0.3))
     async with asgi_client(chat_settings(tmp_path, scripted_model), registry()) as (client, hub):

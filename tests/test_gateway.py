@@ -126,7 +126,7 @@ async def test_unknown_server_and_bad_input_are_4xx_in_the_hub_shape(gateway: tu
 
 async def test_gateway_needs_a_hub_api_key_once_keys_exist(settings: Settings, header_url: str) -> None:
     async with asgi_client(settings, gateway_registry(header_url)) as (http, hub):
-        key, _ = hub.keys.create("acme", "gw")
+        key, _ = await hub.keys.create("acme", "gw")
         denied = await http.post("/mcp/test/probe", json={})
         assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
         http.headers["authorization"] = f"Bearer {key}"

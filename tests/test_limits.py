@@ -18,7 +18,6 @@ import openai
 import pytest
 
 from mcp_hub import completion
-from mcp_hub.apikeys import KeyStore
 from mcp_hub.app import create_app
 from mcp_hub.errors import RequestError
 from mcp_hub.hub import Hub
@@ -27,7 +26,7 @@ from mcp_hub.ratelimit import TokenBuckets
 from mcp_hub.registry import Registry
 from mcp_hub.settings import Settings
 
-from .conftest import ROOT, owned, probe_entry
+from .conftest import ROOT, create_key, owned, probe_entry
 from .model_fixtures import Reply, ScriptedModel
 from .test_api import assert_error
 
@@ -250,9 +249,8 @@ async def test_rate_limit_answers_429_and_refills(tmp_path: Path) -> None:
 
 async def test_rate_limit_counts_per_key(tmp_path: Path) -> None:
     settings = hub_settings(tmp_path)
-    keys = KeyStore(settings.keys_path)
-    one, _ = keys.create("acme")
-    two, _ = keys.create("acme")  # same tenant, another key: its own allowance
+    one = await create_key(settings, "acme")
+    two = await create_key(settings, "acme")  # same tenant, another key: its own allowance
     clock = Clock()
     async with client(settings) as (http, hub):
         limited(hub, clock, burst=1)

@@ -141,12 +141,12 @@ async def test_models_never_see_withheld_tools_or_hidden_text(tmp_path: Path, sc
 
 async def test_approving_needs_an_admin(settings: Settings) -> None:
     async with asgi_client(settings, rugpull_registry()) as (http, hub):
-        key, _ = hub.keys.create("acme", "member")
+        key, _ = await hub.keys.create("acme", "member")
         refused = await http.post("/v1/pins/approve", json={"server": "test/rugpull@1.0.0"},
                                   headers={"authorization": f"Bearer {key}"})
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
         unknown = await http.post("/v1/pins/approve", json={"server": "test/nope@1.0.0"},
-                                  headers={"authorization": f"Bearer {hub.keys.create('ops', 'a', 'admin')[0]}"})
+                                  headers={"authorization": f"Bearer {(await hub.keys.create('ops', 'a', 'admin'))[0]}"})
         assert unknown.status_code == 404
 
 

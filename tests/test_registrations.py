@@ -54,14 +54,14 @@ def _auth(key: str) -> dict[str, str]:
 async def test_published_server_is_usable_everywhere(market: tuple[httpx2.AsyncClient, Hub], market_settings: Settings,
                                                      scripted_model: ScriptedModel) -> None:
     http, hub = market
-    admin, _ = hub.keys.create("ops", "admin", "admin")
+    admin, _ = await hub.keys.create("ops", "admin", "admin")
     created = await http.post("/v1/servers", headers=_auth(admin), json={
         "slug": "acme/probe", "description": "A published probe", "tags": ["published"], "version": PROBE_VERSION})
     assert created.status_code == 201, created.text
     assert created.json()["pinned"] is True and "echo" in created.json()["tools"]
     # Pinned at registration, by the registering key.
     pins = (await http.get("/v1/pins", params={"server": "acme/probe@1.0.0"}, headers=_auth(admin))).json()["data"]
-    assert {p["approved_by"] for p in pins} == {f"registration:{hub.keys.list()[0].id}"}
+    assert {p["approved_by"] for p in pins} == {f"registration:{(await hub.keys.list())[0].id}"}
     # In the marketplace listing, with where it came from.
     listed = (await http.get("/v1/servers", params={"q": "published"}, headers=_auth(admin))).json()["data"]
     assert [(s["slug"], s["source"], s["latest"]) for s in listed] == [("acme/probe", "registered", "1.0.0")]
@@ -85,7 +85,7 @@ async def test_published_server_is_usable_everywhere(market: tuple[httpx2.AsyncC
 
 async def test_versions_are_validated_immutable_deprecatable(market: tuple[httpx2.AsyncClient, Hub]) -> None:
     http, hub = market
-    admin = _auth(hub.keys.create("ops", "admin", "admin")[0])
+    admin = _auth((await hub.keys.create("ops", "admin", "admin"))[0])
     base = {"slug": "acme/probe", "version": PROBE_VERSION}
     assert (await http.post("/v1/servers", headers=admin, json=base)).status_code == 201
     again = await http.post("/v1/servers", headers=admin, json=base)
@@ -128,8 +128,8 @@ async def test_versions_are_validated_immutable_deprecatable(market: tuple[httpx
 
 async def test_only_admins_and_the_orgs_publishers_write(market: tuple[httpx2.AsyncClient, Hub]) -> None:
     http, hub = market
-    member = _auth(hub.keys.create("acme", "m", "member")[0])
-    publisher = _auth(hub.keys.create("acme", "p", "publisher")[0])
+    member = _auth((await hub.keys.create("acme", "m", "member"))[0])
+    publisher = _auth((await hub.keys.create("acme", "p", "publisher"))[0])
     url_version = {"version": "1.0.0", "package": {"registry": "npm", "identifier": "@modelcontextprotocol/server-everything",
                                                    "version": "2026.8.31", "arguments": ["stdio"]}}
     refused = await http.post("/v1/servers", headers=member, json={"slug": "acme/e", "version": url_version})
@@ -155,7 +155,7 @@ def _closed_port() -> int:
 
 async def test_a_registered_server_that_changes_a_tool_is_caught(market: tuple[httpx2.AsyncClient, Hub]) -> None:
     http, hub = market
-    admin = _auth(hub.keys.create("ops", "admin", "admin")[0])
+    admin = _auth((await hub.keys.create("ops", "admin", "admin"))[0])
     created = await http.post("/v1/servers", headers=admin, json={"slug": "acme/rugpull", "version": {
         "version": "1.0.0", "command": ["{python}", str(RUGPULL)]}})
     assert created.status_code == 201 and sorted(created.json()["tools"]) == ["add", "echo", "rug_pull"]
@@ -175,7 +175,7 @@ async def test_a_registered_server_that_changes_a_tool_is_caught(market: tuple[h
 async def test_server_json_of_a_remote_server_imports_and_runs(market: tuple[httpx2.AsyncClient, Hub],
                                                              header_url: str) -> None:
     http, hub = market
-    admin = _auth(hub.keys.create("ops", "admin", "admin")[0])
+    admin = _auth((await hub.keys.create("ops", "admin", "admin"))[0])
     document = json.loads((SERVER_JSON / "remote.json").read_text())
     port = header_url.rsplit(":", 1)[1].split("/")[0]
     secret = "srvjson-key-41d"

@@ -1,7 +1,7 @@
 """Two real hub processes on one Redis behind a real nginx (round robin) behave as one hub.
 
 Each hub is `python -m mcp_hub serve` on its own port, with the same registry file, the
-same data_dir (API keys, encryption keys) and the same `state_url`; nginx from Debian's
+same data_dir (the SQLite records database with the API keys, the encryption keys) and the same `state_url`; nginx from Debian's
 packages balances them, as in README "Deployment: several hubs". Every flow goes through
 nginx, and the `x-hub-instance` header shows which hub answered.
 """
@@ -24,9 +24,9 @@ import httpx2
 import pytest
 import yaml
 
-from mcp_hub.apikeys import KeyStore
+from mcp_hub.settings import Settings
 
-from .conftest import REDIS_URL, free_port, probe_entry, spawn, stop
+from .conftest import REDIS_URL, create_key_now, free_port, probe_entry, spawn, stop
 from .model_fixtures import Call, Reply, ScriptedModel, ToolThenAnswer
 from .test_completions import ECHO, MODEL
 
@@ -122,8 +122,7 @@ def start_cluster(stack: ExitStack, root: Path, nginx: str, model: ScriptedModel
     stack.callback(forget_prefix, prefix)
     data = root / "data"
     data.mkdir(parents=True)
-    store = KeyStore(data / "hub.sqlite3")
-    keys = {tenant: store.create(tenant)[0] for tenant in ("acme", "other")}
+    keys = {tenant: create_key_now(Settings.load(data_dir=data), tenant) for tenant in ("acme", "other")}
     registry = root / "registry.yaml"
     registry.write_text(yaml.safe_dump({"servers": {"test/probe": {**probe_entry(), "limits": {"call_timeout": 10}}}}))
     env = {"OPENAI_BASE_URL": model.openai_url, "OPENAI_API_KEY": "sk-hub", "MCP_HUB_STATE_URL": REDIS_URL,
