@@ -12,15 +12,18 @@ the public ones needs one; the request's `Principal` (tenant, key id) is put in
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Callable
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .apikeys import ANONYMOUS, AuthError, KeyStore
+from .apikeys import ANONYMOUS, AuthError, KeyStore, Principal
+from .errors import HubError, KeysUnavailable
 
 PUBLIC_PATHS = frozenset({"/healthz", "/.well-known/jwks.json", "/openapi.json", "/console"})
 PUBLIC_PREFIX = "/console/"  # the web console's static files (the page then calls the API with a key)
+log = logging.getLogger("mcp_hub.authentication")
 
 
 def is_loopback(host: str) -> bool:
@@ -55,18 +58,27 @@ class Authentication:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        key = presented_key(dict(scope["headers"]))
-        keys = self.keys()
-        principal = await keys.lookup(key) if key else None
-        if principal is None:
-            if scope["path"] in PUBLIC_PATHS or scope["path"].startswith(PUBLIC_PREFIX) or await keys.is_open():
-                principal = ANONYMOUS
-            else:
-                error = AuthError("a valid hub API key is required (Authorization: Bearer <key> or x-api-key)"
-                                  if key is None else "the API key is not valid or was revoked")
-                response = JSONResponse(error.to_body(), status_code=401,
-                                        headers={"www-authenticate": "Bearer", "x-should-retry": "false"})
-                await response(scope, receive, send)
-                return
+        try:
+            principal = await self._principal(scope)
+        except HubError as error:
+            headers = {"www-authenticate": "Bearer", "x-should-retry": "false"} if error.status == 401 else {}
+            await JSONResponse(error.to_body(), status_code=error.status, headers=headers)(scope, receive, send)
+            return
         state["principal"] = principal
         await self.app(scope, receive, send)
+
+    async def _principal(self, scope: Scope) -> Principal:
+        key = presented_key(dict(scope["headers"]))
+        keys = self.keys()
+        try:
+            principal = await keys.lookup(key) if key else None
+            if principal is not None:
+                return principal
+            if scope["path"] in PUBLIC_PATHS or scope["path"].startswith(PUBLIC_PREFIX) or await keys.is_open():
+                return ANONYMOUS
+        except Exception as exc:  # the database: unreachable, locked, closed. Never "open" on a failure.
+            log.warning("cannot read the API keys from the records database: %s", type(exc).__name__)
+            raise KeysUnavailable("the hub cannot check API keys right now (its records database is unavailable); "
+                                  "retry later") from None
+        raise AuthError("a valid hub API key is required (Authorization: Bearer <key> or x-api-key)"
+                        if key is None else "the API key is not valid or was revoked")

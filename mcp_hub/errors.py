@@ -18,6 +18,8 @@
     │                              completion shut down before it finished
     ├── AuditUnavailable (503)     audit_unavailable: a tool ran but its audit record
     │                              could not be committed, so the result is withheld
+    ├── KeysUnavailable (503)      keys_unavailable: the records database holding the
+    │                              API keys cannot be read, so the caller is unknown
     ├── ProviderError (502)        the model provider failed (provider_error);
     │   │                          `retryable` drives fallback to the next model
     │   ├── ProviderTimeout (504)  provider_timeout
@@ -173,6 +175,14 @@ class DeferredInterrupted(HubError):
 
     status = 503
     code = "deferred_interrupted"
+class KeysUnavailable(HubError):
+    """The API keys could not be read from the records database (HTTP 503; nothing ran)."""
+
+    status = 503
+    code = "keys_unavailable"
+    type = "server_error"
+
+
 class AuditUnavailable(HubError):
     """The audit trail could not commit a tool execution's record (HTTP 503).
 

@@ -20,7 +20,10 @@ from mcp_hub.apikeys import KeyRecord, open_key_store
 from mcp_hub.registry import Registry
 from mcp_hub.settings import Settings
 
-from .conftest import asgi_client
+from mcp_hub.database import SQLiteDatabase
+
+from .conftest import asgi_client, create_key
+from .test_api import assert_error
 
 CACHE = 0.5  # the stores' cache time in these tests (5 s in service)
 LEGACY_SCHEMA = """CREATE TABLE api_keys (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
@@ -73,6 +76,21 @@ async def test_keys_and_revocations_reach_every_hub(two_settings: tuple[Settings
         await hub_a.keys.revoke(other_record.id)
         assert await hub_b.keys.active_count() == 0
         assert await becomes(http_b, None, 200) < CACHE + 1  # no active key left anywhere: open again
+
+
+async def test_an_unreadable_key_database_answers_503_and_never_opens_the_hub(settings: Settings,
+                                                                              registry: Registry) -> None:
+    key = await create_key(settings, "acme")
+    async with asgi_client(settings, registry) as (http, hub):
+        working = hub.keys.database
+        hub.keys.database = SQLiteDatabase(settings.records_path)  # never opened: every query fails
+        body = assert_error(await http.get("/v1/servers"), 503, "keys_unavailable")
+        assert "records database is unavailable" in body["message"]
+        assert_error(await http.get("/v1/servers", headers={"x-api-key": key}), 503, "keys_unavailable")
+        assert (await http.get("/healthz")).status_code == 200  # public, no key: no lookup
+        hub.keys.database = working
+        assert_error(await http.get("/v1/servers"), 401, "invalid_api_key")
+        assert (await http.get("/v1/servers", headers={"x-api-key": key})).status_code == 200
 
 
 def write_legacy(path: Path, rows: list[tuple[object, ...]]) -> None:
