@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     instance_name: str | None = Field(None, min_length=1, max_length=128, description="This hub's name in the "
                                       "X-Hub-Instance response header; default host:pid.")
 
-    # Durable records (audit trail, marketplace registrations): SQLite in data_dir, or PostgreSQL.
+    # Durable records (API keys, audit trail, marketplace registrations): SQLite in data_dir, or PostgreSQL.
     database_url: SecretStr | None = Field(
         None, description="postgresql://user:password@host:port/db for records shared by several hubs; "
         "unset: the SQLite file data_dir/records.sqlite3 (WAL mode).")
@@ -266,7 +266,7 @@ class Settings(BaseSettings):
 
     @property
     def keys_path(self) -> Path:
-        """The SQLite file of hub API keys."""
+        """The SQLite file of hub API keys of earlier versions (imported once into the records database)."""
         return self.data_dir / "hub.sqlite3"
 
     @property

@@ -17,10 +17,9 @@ import pytest
 
 from mcp_hub import apikeys
 from mcp_hub.apikeys import KeyRecord, open_key_store
+from mcp_hub.database import SQLiteDatabase
 from mcp_hub.registry import Registry
 from mcp_hub.settings import Settings
-
-from mcp_hub.database import SQLiteDatabase
 
 from .conftest import asgi_client, create_key
 from .test_api import assert_error
