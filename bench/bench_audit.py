@@ -144,7 +144,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"meta": {
         "python": platform.python_version(), "mcp": package_version("mcp"), "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "clients": args.clients, "rounds": args.rounds,
-        "per_round": args.per_round, "loadavg_at_start": os.getloadavg()}}
+        "per_round": args.per_round, "linger": args.linger, "loadavg_at_start": os.getloadavg()}}
     write_registry(tmp / "registry.yaml")
     procs: list[subprocess.Popen[bytes]] = []
     cleanup: list[Callable[[], None]] = []
@@ -155,10 +155,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                            clean_env()))
         script = ScriptClient(model_url)
         script_model(script)
-        variants: dict[str, dict[str, str]] = {"off": {"MCP_HUB_AUDIT_ENABLED": "false"}, "sqlite": {}}
+        tuning = {"MCP_HUB_AUDIT_LINGER": str(args.linger)} if args.linger is not None else {}
+        variants: dict[str, dict[str, str]] = {"off": {"MCP_HUB_AUDIT_ENABLED": "false"}, "sqlite": tuning}
         pg = postgres_schema()
         if pg is not None:
-            variants["postgresql"] = {"MCP_HUB_DATABASE_URL": pg[0]}
+            variants["postgresql"] = {"MCP_HUB_DATABASE_URL": pg[0], **tuning}
             cleanup.append(pg[1])
         hubs: dict[str, str] = {}
         hub_procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -273,6 +274,7 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=400, help="completions per hub per round (default 400)")
     parser.add_argument("--warmup", type=int, default=200, help="untimed completions per hub first (default 200)")
     parser.add_argument("--budget", type=float, default=600.0, help="abort after this many seconds (default 600)")
+    parser.add_argument("--linger", type=float, help="audit_linger of the audited hubs (default: the hub's default)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args()
     report = anyio.run(run, args)
