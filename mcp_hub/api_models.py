@@ -89,6 +89,15 @@ class ChatCompletion(_Open):
     usage: dict[str, Any] | None = None
 
 
+class DeferredStatus(_Open):
+    """A deferred completion that is still running (`deferred: true`, and its GET while it runs)."""
+
+    id: str
+    request_id: str
+    object: str
+    status: str
+
+
 class ModelList(_Open):
     object: str
     data: list[dict[str, Any]]

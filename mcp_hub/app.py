@@ -15,12 +15,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__, audit_api, openapi
+from . import __version__, audit_api, console, marketplace_api, openapi
 from .api_models import ToolCallRequest
 from .authentication import Authentication
 from .bodies import json_body
-from .chat_api import chat_completions, list_models
+from .chat_api import chat_completions, deferred_completion, list_models
 from .errors import CredentialError, Forbidden, HubError, RequestError, ResolutionError, ServerError
 from .executor import CallContext
 from .hub import Hub, parse_credentials
@@ -73,14 +74,27 @@ async def list_servers(request: Request) -> JSONResponse:
     tag = request.query_params.get("tag")
     if tag:
         entries = [entry for entry in entries if tag in entry.tags]
-    return JSONResponse({"object": "list", "data": [entry_summary(entry) for entry in entries]})
+    if request.query_params.get("include_unlisted") not in ("true", "1"):
+        entries = [entry for entry in entries if entry.slug not in hub.registry.unlisted]
+    query = (request.query_params.get("q") or "").strip().lower()
+    if query:
+        entries = [entry for entry in entries
+                   if query in entry.slug or query in entry.description.lower() or any(query in t for t in entry.tags)]
+    return JSONResponse({"object": "list", "data": [_marketplace_view(hub, entry_summary(entry)) for entry in entries]})
+
+
+def _marketplace_view(hub: Hub, view: dict[str, Any]) -> dict[str, Any]:
+    """Where an entry comes from (the registry file or the API) and whether it is unlisted."""
+    slug = view["slug"]
+    return {**view, "source": "registered" if hub.registry.is_registered(slug) else "registry_file",
+            "unlisted": slug in hub.registry.unlisted}
 
 
 async def get_server(request: Request) -> JSONResponse:
     hub = _hub(request)
     entry: Entry = hub.entry(f"{request.path_params['org']}/{request.path_params['name']}")
     version = request.query_params.get("version")
-    detail = entry_detail(entry)
+    detail = _marketplace_view(hub, entry_detail(entry))
     key = entry.match(version)
     if key is None:
         raise RequestError(f"{entry.slug} has no version matching {version!r}", code="version_not_found", param="version")
@@ -89,6 +103,8 @@ async def get_server(request: Request) -> JSONResponse:
     tools = await hub.list_tools(servers)
     if entry.slug in tools:
         live["tools"] = [tool_view(tool) for tool in tools[entry.slug]]
+        if (withheld := servers.errors.get(entry.slug)) is not None:  # tool pinning withholds some
+            live["error"] = withheld.to_entry()
     else:
         error = servers.errors.get(entry.slug)
         live["error"] = error.to_entry() if error else None
@@ -145,21 +161,68 @@ async def _error_response(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": error, **error}, status_code=500)
 
 
+async def servers_collection(request: Request) -> Response:
+    """`/v1/servers`: GET lists the marketplace, POST publishes (one route, so `Allow` names both)."""
+    return await (marketplace_api.register_server if request.method == "POST" else list_servers)(request)
+
+
+async def server_item(request: Request) -> Response:
+    """`/v1/servers/{org}/{name}`: GET shows one server, PATCH changes a published one."""
+    return await (marketplace_api.update_server if request.method == "PATCH" else get_server)(request)
+
+
+class GatewayEndpoint:
+    """`/mcp/{org}/{name}`: the MCP gateway (a raw ASGI endpoint: the SDK's transport answers)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await scope["state"]["hub"].gateway.handle(scope, receive, send)
+
+
 ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/openapi.json", openapi_document, methods=["GET"]),
     Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-    Route("/v1/servers", list_servers, methods=["GET"]),
-    Route("/v1/servers/{org}/{name}", get_server, methods=["GET"]),
+    Route("/v1/servers", servers_collection, methods=["GET", "POST"]),
+    Route("/v1/servers/{org}/{name}", server_item, methods=["GET", "PATCH"]),
     Route("/v1/tools/call", call_tool, methods=["POST"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/chat/deferred-completion/{request_id}", deferred_completion, methods=["GET"]),
     Route("/v1/audit/tool-calls", audit_api.list_tool_calls, methods=["GET"]),
     Route("/v1/audit/tool-calls/{id}", audit_api.get_tool_call, methods=["GET"]),
     Route("/v1/audit/verify", audit_api.verify, methods=["GET"]),
     Route("/v1/audit/export", audit_api.export, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
+    Route("/mcp/{org}/{name}", GatewayEndpoint(), methods=["GET", "POST", "DELETE"]),
+    Route("/console", console.console_root, methods=["GET"]),
+    Route("/console/", console.console_file, methods=["GET"]),
+    Route("/console/{file}", console.console_file, methods=["GET"]),
+    Route("/v1/pins", marketplace_api.list_pins, methods=["GET"]),
+    Route("/v1/servers/import", marketplace_api.import_server, methods=["POST"]),
+    Route("/v1/servers/{org}/{name}/versions", marketplace_api.add_version, methods=["POST"]),
+    Route("/v1/servers/{org}/{name}/versions/{version}", marketplace_api.update_version, methods=["PATCH"]),
+    Route("/v1/pins/approve", marketplace_api.approve_pins, methods=["POST"]),
 ]
+
+
+class InstanceHeader:
+    """Adds `x-hub-instance: <instance_name>` to every HTTP response (which hub behind a balancer answered)."""
+
+    def __init__(self, app: ASGIApp, name: str) -> None:
+        self.app = app
+        self.header = (b"x-hub-instance", name.encode("latin-1", "replace"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, with_header)
 
 
 def create_app(settings: Settings, registry: Registry | None = None) -> Starlette:
@@ -174,7 +237,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Starlett
     # Authentication first: the rate limit counts per API key.
     # Observability outermost: every response (a 401 too) gets an X-Request-Id and is counted.
     middleware = [Middleware(Observability, metrics=hub.metrics, routes=ROUTES, access_lines=settings.log_format == "json"),
-                  Middleware(Authentication, keys=hub.keys), Middleware(RateLimiting, limiter=lambda: hub.limiter)]
+                  Middleware(InstanceHeader, name=hub.instance), Middleware(Authentication, keys=hub.keys),
+                  Middleware(RateLimiting, limiter=lambda: hub.limiter)]
     return Starlette(routes=ROUTES, lifespan=lifespan, middleware=middleware,
                      exception_handlers={HubError: _error_response, HTTPException: _error_response,
                                          Exception: _error_response})

@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .apikeys import ANONYMOUS, AuthError, KeyStore
 
-PUBLIC_PATHS = frozenset({"/healthz", "/.well-known/jwks.json", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/.well-known/jwks.json", "/openapi.json", "/console"})
+PUBLIC_PREFIX = "/console/"  # the web console's static files (the page then calls the API with a key)
 OPEN_CHECK_SECONDS = 5.0
 
 
@@ -64,7 +65,7 @@ class Authentication:
         key = presented_key(dict(scope["headers"]))
         principal = await self.keys.lookup(key) if key else None
         if principal is None:
-            if scope["path"] in PUBLIC_PATHS or self._is_open():
+            if scope["path"] in PUBLIC_PATHS or scope["path"].startswith(PUBLIC_PREFIX) or self._is_open():
                 principal = ANONYMOUS
             else:
                 error = AuthError("a valid hub API key is required (Authorization: Bearer <key> or x-api-key)"

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from .bodies import decode_json, read_body
 from .chat_request import ChatCompletionRequest
 from .completion import Completion, Event, Finished, ToolActivity
-from .errors import HubError, RequestTimeout
+from .errors import HubError, NotFound, RequestTimeout
 from .hub import Hub
 from .idempotency import StoredResponse, fingerprint
 from .limits import check_client_tools, check_servers
@@ -54,8 +54,13 @@ async def chat_completions(request: Request) -> Response:
         if stored is not None:
             return _replay(stored)
     async with _settled(hub, None, tenant, key):
+        if chat.deferred and chat.stream:  # the result is fetched whole, later: nothing to stream
+            chat = chat.model_copy(update={"stream": False})
         completion = Completion(hub, chat, tenant=tenant, provider_key=_provider_key(request),
-                                key_id=request.state.principal.key_id)
+                                key_id=request.state.principal.key_id,
+                                source="deferred" if chat.deferred else "completion")
+        if chat.deferred:
+            return await _defer(hub, completion, tenant, key)
     # The time budget covers every turn and tool call, not reading the body.
     events = within_budget(completion.events(), anyio.current_time() + settings.request_timeout,
                            settings.request_timeout)
@@ -71,6 +76,44 @@ async def chat_completions(request: Request) -> Response:
     if key:
         await hub.idempotency.complete(tenant, key, StoredResponse(status=200, body=body))
     return Response(body, media_type="application/json")
+
+
+async def _defer(hub: Hub, completion: Completion, tenant: str, key: str | None) -> Response:
+    """Start `completion` in the hub's background task group; answer 202 with its request id."""
+    budget = hub.settings.request_timeout
+
+    async def work() -> tuple[int, dict[str, Any]]:
+        try:
+            final: Finished | None = None
+            async for event in within_budget(completion.events(), anyio.current_time() + budget, budget):
+                if isinstance(event, Finished):
+                    final = event
+            assert final is not None
+            return 200, final.body
+        except HubError as exc:
+            return exc.status, exc.to_body()
+
+    request_id = await hub.deferred.start(tenant, work)
+    body = json.dumps({"id": request_id, "request_id": request_id, "object": "chat.completion.deferred",
+                       "status": "running"}).encode()
+    if key:
+        await hub.idempotency.complete(tenant, key, StoredResponse(status=202, body=body))
+    return Response(body, status_code=202, media_type="application/json",
+                    headers={"location": f"/v1/chat/deferred-completion/{request_id}"})
+
+
+async def deferred_completion(request: Request) -> Response:
+    """`GET /v1/chat/deferred-completion/{request_id}`: 202 running, 200 done, 404 unknown or expired."""
+    hub: Hub = request.state.hub
+    request_id = request.path_params["request_id"]
+    record = await hub.deferred.read(request.state.principal.tenant, request_id) if len(request_id) <= 128 else None
+    if record is None:
+        raise NotFound("no deferred completion with this request_id (unknown, expired, or its hub instance stopped)",
+                       code="deferred_not_found", param="request_id")
+    if record.get("status") == "running":
+        body = {"id": request_id, "request_id": request_id, "object": "chat.completion.deferred", "status": "running"}
+        return JSONResponse(body, status_code=202, headers={"retry-after": "1"})
+    return JSONResponse(record["body"], status_code=int(record["status_code"]))
 
 
 async def within_budget(events: AsyncIterator[Event], deadline: float, budget: float) -> AsyncIterator[Event]:

@@ -71,6 +71,19 @@ def _whole_number(value: Any) -> int:
 WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
+class DeferredCall(BaseModel):
+    """An MCP call waiting on client output: a response's `deferred` item, echoed in `deferred_calls`."""
+
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: Any = None
+    blocked_by: list[str] = Field(default_factory=list)
+    dependencies: list[str] = Field(default_factory=list)
+    venue: str = "server"
+    server_name: str | None = None
+    tool_name: str | None = None
+
+
 class ModelChoice(BaseModel):
     """One model of the request: `provider/name` plus default settings for it."""
 
@@ -97,7 +110,7 @@ class ChatCompletionRequest(BaseModel):
     automatic_tool_execution: StrictBool | None = None
     handoff_mode: StrictBool | None = None
     correlation_id: str | None = None
-    deferred_calls: list[dict[str, Any]] | None = None
+    deferred_calls: list[DeferredCall] | None = None
     deferred: StrictBool | None = None
     handoff_config: dict[str, Any] | None = None
     agent_attributes: dict[str, Fraction] | None = None

@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from . import __version__, audit_cli
+from . import __version__, audit_cli, marketplace_cli
 from .apikeys import ROLES, KeyStore
 from .authentication import is_loopback
 from .credentials import Credential
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="publish a new credential-encryption key (the old one decrypts for the grace period)")
     _common(rotate)
     audit_cli.add_parser(commands, _common)
+    marketplace_cli.add_parser(commands, _common)
     return parser
 
 
@@ -259,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_keys(args)
         if args.command == "audit":
             return anyio.run(audit_cli.run, args, _settings(args), table)
+        if args.command == "pins":
+            return anyio.run(marketplace_cli.run, args, _settings(args), table)
+        if args.command == "registry":
+            return anyio.run(marketplace_cli.run_registry, args, _settings(args), parse_cred_flags)
         return anyio.run(_tools if args.command == "tools" else _call, args)
     except ServerError as exc:
         print(f"error: {exc.message} ({exc.code}). {exc.recommendation}", file=sys.stderr)

@@ -7,11 +7,15 @@
     ├── RequestError (400)         the caller's input is malformed
     │   ├── NotFound (404)         a route object (server, record) does not exist
     │   ├── Forbidden (403)        forbidden: the caller's key lacks the role
+    │   ├── Conflict (409)         conflict: it exists already (a slug, an immutable version)
+    │   ├── Unprocessable (422)    well-formed, but cannot be done (a server to register is unreachable)
     │   ├── TooLarge (413)         the request body is over the limit
     │   ├── IdempotencyConflict (422) an Idempotency-Key reused for another body
     │   └── RateLimited (429)      rate_limited: the caller's key is over its
     │                              per-minute limit (`retry-after` says when)
     ├── RequestTimeout (504)       request_timeout: the request's time budget ran out
+    ├── DeferredInterrupted (503)  deferred_interrupted: the hub running a deferred
+    │                              completion shut down before it finished
     ├── AuditUnavailable (503)     audit_unavailable: a tool ran but its audit record
     │                              could not be committed, so the result is withheld
     ├── ProviderError (502)        the model provider failed (provider_error);
@@ -31,6 +35,8 @@
         ├── UrlBlocked (403)       url_blocked: the egress guard refuses the URL
         │                          (private address, metadata, cleartext credentials)
         ├── CapacityError          capacity (child/session caps reached)
+        ├── ToolsChanged           tool_definitions_changed: tools whose definitions differ
+        │                          from their pins are withheld until an admin approves
         └── SessionLost            the live session died under a call
 
 Every exception carries context (server name, connection name) and a
@@ -96,6 +102,20 @@ class Forbidden(RequestError):
     type = "permission_error"
 
 
+class Conflict(RequestError):
+    """What the request would create exists already (a registered slug, an immutable version)."""
+
+    status = 409
+    code = "conflict"
+
+
+class Unprocessable(RequestError):
+    """Well-formed, but the hub cannot do it (e.g. a server being registered cannot be reached)."""
+
+    status = 422
+    code = "unprocessable"
+
+
 class TooLarge(RequestError):
     """The request body exceeds the configured limit (HTTP 413)."""
 
@@ -148,6 +168,11 @@ class RequestTimeout(HubError):
         return {"x-should-retry": "false"}
 
 
+class DeferredInterrupted(HubError):
+    """A deferred completion's hub instance shut down before it finished (recorded, HTTP 503)."""
+
+    status = 503
+    code = "deferred_interrupted"
 class AuditUnavailable(HubError):
     """The audit trail could not commit a tool execution's record (HTTP 503).
 
@@ -293,3 +318,18 @@ class SessionLost(ServerError):
     code = "session_lost"
     delivered = True  # whether the call may have reached the server (then retrying is unsafe)
     recommendation = "The server restarted during the call; the call was not retried because it may have side effects."
+
+
+class ToolsChanged(ServerError):
+    """Tools whose definitions differ from their pins (or appeared since): withheld from models."""
+
+    status = 409
+    code = "tool_definitions_changed"
+
+    def __init__(self, server: str, ref: str, tools: list[str]) -> None:
+        self.tools = tools
+        super().__init__(
+            f"server {server!r} ({ref}) changed the definitions of tools since they were approved: {', '.join(tools)}; "
+            "they are withheld", server=server,
+            recommendation=f"An admin reviews and re-approves them: `mcp-hub pins approve {ref}` or "
+                           f"POST /v1/pins/approve {{\"server\": \"{ref}\"}}.")

@@ -8,6 +8,9 @@ resources directly.
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -25,17 +28,22 @@ from .audit import AuditRecord, AuditTrail, server_error_record, tool_call_recor
 from .audit.record import ToolHashes
 from .credentials import Credential, bind
 from .database import Database, open_database
+from .deferred import DeferredCompletions
 from .egress import EgressGuard
 from .envelopes import unseal
 from .errors import NotFound, RequestError, ServerError
 from .executor import Batch, CallContext, Executor, ToolCall, ToolResult
+from .gateway import Gateway
+from .handoff import HandoffStore
 from .idempotency import IdempotencyStore
 from .keyring import Keyring
 from .metrics import HubMetrics
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
+from .pinning import DatabasePins, ToolGate
 from .pool import SessionPool
 from .providers import ProviderSet
 from .ratelimit import RateLimiter
+from .registrations import Registrations, RegistrationStore
 from .registry import Entry, Registry
 from .resolution import resolve
 from .scrubbing import LiveSecretsFilter
@@ -44,6 +52,7 @@ from .settings import Settings
 from .state import StateStore, open_store
 from .transports import Opener, decline_elicitation, sends_credentials
 
+PIN_RECHECK_SECONDS = 5.0  # how soon a session with withheld tools looks at its pins again
 _credentials_adapter = TypeAdapter(Credential | list[Credential])
 
 
@@ -103,6 +112,12 @@ class Hub:
         self.limiter: RateLimiter | None = None  # per-key request rate; None: unlimited (or not running)
         self._state: StateStore | None = None
         self._idempotency: IdempotencyStore | None = None
+        self._handoffs: HandoffStore | None = None
+        self._deferred: DeferredCompletions | None = None
+        self.instance = settings.instance_name or f"{socket.gethostname()}:{os.getpid()}"
+        self._gateway: Gateway | None = None
+        self._pins: DatabasePins | None = None
+        self._registrations: Registrations | None = None
         self._database: Database | None = None
         self._audit: AuditTrail | None = None  # None: not running, or `audit_enabled` is off
         self.metrics = HubMetrics()
@@ -151,6 +166,41 @@ class Hub:
         return self._idempotency
 
     @property
+    def handoffs(self) -> HandoffStore:
+        """Saved loop state of client-tool handoffs (in the state store)."""
+        if self._handoffs is None:
+            raise RuntimeError("the hub is not running")
+        return self._handoffs
+
+    @property
+    def deferred(self) -> DeferredCompletions:
+        """Deferred completions: background work on the hub's task group, records in the state store."""
+        if self._deferred is None:
+            raise RuntimeError("the hub is not running")
+        return self._deferred
+
+    @property
+    def pins(self) -> DatabasePins:
+        """Tool pins (see `pinning.py`), in the durable-records database."""
+        if self._pins is None:
+            raise RuntimeError("the hub is not running")
+        return self._pins
+
+    @property
+    def registrations(self) -> Registrations:
+        """Servers published through the API (see `registrations.py`)."""
+        if self._registrations is None:
+            raise RuntimeError("the hub is not running")
+        return self._registrations
+
+    @property
+    def gateway(self) -> Gateway:
+        """The MCP gateway (`/mcp/{org}/{name}`), its session manager running while the hub runs."""
+        if self._gateway is None:
+            raise RuntimeError("the hub is not running")
+        return self._gateway
+
+    @property
     def pool(self) -> SessionPool:
         if self._pool is None:
             raise RuntimeError("the hub is not running")
@@ -166,6 +216,7 @@ class Hub:
             state = open_store(self.settings.state_url.get_secret_value(), self.settings.state_prefix)
             self._state = await stack.enter_async_context(state)
             self._idempotency = IdempotencyStore(self._state, ttl=self.settings.idempotency_ttl)
+            self._handoffs = HandoffStore(self._state, self.settings.handoff_ttl)
             database_url = self.settings.database_url.get_secret_value() if self.settings.database_url else None
             database = open_database(database_url, self.settings.records_path,
                                      sqlite_synchronous=self.settings.sqlite_synchronous)
@@ -187,10 +238,23 @@ class Hub:
             opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root,
                             http=self._egress_http, http_timeout=self.settings.connect_timeout, oauth=self._oauth,
                             elicitation=self._elicitation, egress=self.egress)
-            self._pool = await stack.enter_async_context(SessionPool(self.settings, opener))
+            self._pins = await DatabasePins(self._database).open()
+            self._registrations = Registrations(self, await RegistrationStore(self._database).open())
+            await self._registrations.refresh()
+            refresher = await stack.enter_async_context(anyio.create_task_group())
+            refresher.start_soon(self._registrations.refresh_forever)
+            stack.callback(refresher.cancel_scope.cancel)
+            self._pool = await stack.enter_async_context(SessionPool(self.settings, opener, gate=ToolGate(self._pins)))
             log_filter = LiveSecretsFilter(lambda: [s.scrubber for s in self.pool.sessions()])
             log_filter.install()
             stack.callback(log_filter.remove)
+            self._gateway = Gateway(self)
+            await stack.enter_async_context(self._gateway.run())
+            # Background work (deferred completions) outlives requests, not the hub: cancelled first on exit.
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tasks.cancel_scope.cancel)
+            self._deferred = DeferredCompletions(self._state, tasks, ttl=self.settings.deferred_ttl,
+                                                 lease=self.settings.deferred_lease, instance=self.instance)
             self._stack = stack.pop_all()
         if self.settings.prewarm:
             for entry in self.registry.entries():
@@ -207,6 +271,7 @@ class Hub:
         finally:
             # The tokens die with the hub; nothing below is usable after this.
             self._pool = self._providers = self._oauth = self._state = self._idempotency = self._database = self._audit = None
+            self._gateway = self._pins = self._registrations = self._handoffs = self._deferred = None
             self._http = self._egress_http = None
             self.limiter = None
 
@@ -238,6 +303,7 @@ class Hub:
         """Tools of every live server, concurrently; servers that fail move to `servers.errors`."""
         cached = {name: session.ready_tools() for name, session in servers.sessions.items()}
         if all(listed is not None for listed in cached.values()):  # the hot path: no task group
+            self._pin_errors(servers)
             return {name: listed for name, listed in cached.items() if listed is not None}
         tools: dict[str, list[types.Tool]] = {}
 
@@ -255,7 +321,26 @@ class Hub:
                 tg.start_soon(one, name, session)
         for name in servers.errors:
             servers.sessions.pop(name, None)
+        self._pin_errors(servers)
         return {name: tools[name] for name in servers.sessions if name in tools}
+
+    @staticmethod
+    def _pin_errors(servers: Servers) -> None:
+        """Servers whose tools pinning withholds: their other tools are served, the error is reported."""
+        for name, session in servers.sessions.items():
+            if session.pin_error is not None:
+                servers.errors.setdefault(name, session.pin_error)
+                if time.monotonic() - session.reviewed_at > PIN_RECHECK_SECONDS:
+                    session.invalidate_tools()  # approved elsewhere (CLI, another hub)? the next listing sees it
+
+    async def approve_pins(self, server: str, version: str, tools: Sequence[str] | None = None, *,
+                           approved_by: str) -> list[str]:
+        """An admin approves the changed tools of `server@version`; live sessions re-list."""
+        approved = await self.pins.approve(server, version, tools, approved_by=approved_by)
+        for session in self.pool.sessions():
+            if session.target.slug == server and session.target.version_key == version:
+                session.invalidate_tools()
+        return approved
 
     async def execute(self, calls: Sequence[ToolCall], servers: Servers, *, parallel: bool = True,
                       context: CallContext | None = None) -> Batch:

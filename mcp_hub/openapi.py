@@ -19,6 +19,7 @@ from .api_models import (
     AuditToolCall,
     AuditVerification,
     ChatCompletion,
+    DeferredStatus,
     ErrorBody,
     Health,
     Jwks,
@@ -34,14 +35,16 @@ _REF = "#/components/schemas/{model}"
 
 
 _MODELS: list[type[BaseModel]] = [ErrorBody, Health, ServerList, ServerDetail, ToolCallRequest, ToolRecord,
-                                  ChatCompletionRequest, ChatCompletion, ModelList, Jwks, AuditToolCall, AuditList,
-                                  AuditVerification]
+                                  ChatCompletionRequest, ChatCompletion, ModelList, Jwks, DeferredStatus, AuditToolCall,
+                                  AuditList, AuditVerification]
 _ERRORS = {
     "400": "Malformed input", "401": "Missing or invalid API key", "403": "The API key lacks the role",
     "404": "Not found",
     "413": "Body too large", "422": "Idempotency-Key reused",
     "429": "Rate limited: this API key's requests per minute (or the model provider's) are used up",
+    "409": "Exists already (slug, immutable version)",
     "502": "Model provider failed", "504": "Model provider or the request's time budget timed out",
+    "503": "The hub running a deferred completion shut down (deferred_interrupted)",
 }
 # Sent with every response of a rate-limited route while rate limiting is on.
 _RATE_HEADERS = {name: {"description": description, "schema": {"type": "string"}} for name, description in [
@@ -100,7 +103,7 @@ def document(prefixes: list[str]) -> dict[str, Any]:
                      query("completion_id", "completion id"), query("correlation_id", "correlation id")]
     # Each event's data: a chunk object, an `error` object, or the string [DONE].
     chat_ok["content"]["text/event-stream"] = {"schema": {"anyOf": [{"type": "object"}, {"const": "[DONE]"}]}}
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "mcp-hub", "version": __version__,
                  "description": "Host and route MCP servers; OpenAI-compatible chat completions with server-side tools."},
@@ -133,7 +136,14 @@ def document(prefixes: list[str]) -> dict[str, Any]:
                                "`rate_limit_per_minute` per API key (429 rate_limited with retry-after).",
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": _ref(ChatCompletionRequest)}}},
-                "responses": {"200": chat_ok, **_errors("400", "401", "404", "413", "422", "429", "502", "504")}}},
+                "responses": {"200": chat_ok, "202": _json(DeferredStatus, "Deferred: running in the background"),
+                              **_errors("400", "401", "404", "413", "422", "429", "502", "504")}}},
+            "/v1/chat/deferred-completion/{request_id}": {"get": {
+                "operationId": "getDeferredCompletion", "security": auth, "parameters": [path("request_id")],
+                "description": "A deferred completion (`deferred: true`): 202 while it runs, 200 with the "
+                               "completion, the error's status and body if it failed, 404 unknown or expired.",
+                "responses": {"200": _json(ChatCompletion), "202": _json(DeferredStatus, "Still running"),
+                              **_errors("400", "401", "404", "429", "502", "503", "504")}}},
             "/v1/models": {"get": {"operationId": "listModels", "security": auth,
                                    "responses": {"200": _json(ModelList), **_errors("401", "429")}}},
             "/v1/audit/tool-calls": {"get": {
@@ -161,4 +171,62 @@ def document(prefixes: list[str]) -> dict[str, Any]:
                 "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
                               **_errors("401", "403", "429")}}},
         },
+    }
+    doc["paths"]["/v1/servers"]["get"]["parameters"] += [query("q", "search slugs, descriptions and tags"),
+                                                         query("include_unlisted", "true: unlisted servers too")]
+    for route, item in _marketplace_paths(auth, path, query).items():
+        doc["paths"].setdefault(route, {}).update(item)
+    return doc
+
+
+def _object(description: str, required: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "description": description}
+    if required:
+        schema["required"] = required
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_SLUG = r"[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*"
+
+
+def _exact(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _marketplace_paths(auth: Any, path: Any, query: Any) -> dict[str, Any]:
+    """Publishing (registrations, server.json import) and tool pins; see README "Publishing servers"."""
+    body = lambda description, required: {"required": True, **_object(description, required)}  # noqa: E731
+    written = {"201": _object("Registered; `pinned` says whether its tools were pinned"),
+               **_errors("400", "401", "403", "404", "409", "413", "429"),
+               "422": _json(ErrorBody, "The server cannot be reached to list its tools")}
+    changed = {"200": _object("Changed"), **_errors("400", "401", "403", "404", "409", "413", "429")}
+    strings = {"type": "array", "items": {"type": "string"}}
+    return {
+        "/v1/servers": {"post": {"operationId": "registerServer", "security": auth, "responses": written,
+                                 "requestBody": body("slug, description, tags, connections, limits, version "
+                                                     "({version, url | package | command}), credentials?",
+                                                     ["slug", "version"])}},
+        "/v1/servers/import": {"post": {"operationId": "importServerJson", "security": auth, "responses": written,
+                                        "requestBody": body("server_json (the official MCP Registry format), slug?, "
+                                                            "prefer?, variables?, tags?, credentials?", ["server_json"])}},
+        "/v1/servers/{org}/{name}/versions": {"post": {
+            "operationId": "addServerVersion", "security": auth, "parameters": [path("org"), path("name")],
+            "responses": written, "requestBody": body("version, url | package | command, credentials?", ["version"])}},
+        "/v1/servers/{org}/{name}/versions/{version}": {"patch": {
+            "operationId": "deprecateServerVersion", "security": auth,
+            "parameters": [path("org"), path("name"), path("version")], "responses": changed,
+            "requestBody": _exact({"deprecated": {"type": "boolean"}}, ["deprecated"])}},
+        "/v1/servers/{org}/{name}": {"patch": {
+            "operationId": "updateServer", "security": auth, "parameters": [path("org"), path("name")],
+            "responses": changed, "requestBody": _exact(
+                {"unlisted": {"type": "boolean"}, "description": {"type": "string"}, "tags": strings}, [])}},
+        "/v1/pins": {"get": {"operationId": "listPins", "security": auth,
+                             "parameters": [{**query("server", "org/name or org/name@version"), "required": True,
+                                             "schema": {"type": "string", "pattern": f"^{_SLUG}(@.+)?$"}}],
+                             "responses": {"200": _object("Pins: tool, status, hashes, pending definition"),
+                                           **_errors("400", "401", "404", "429")}}},
+        "/v1/pins/approve": {"post": {"operationId": "approvePins", "security": auth, "responses": changed,
+                                      "requestBody": _exact({"server": {"type": "string", "pattern": f"^{_SLUG}@.+$"},
+                                                             "tools": strings}, ["server"])}},
     }

@@ -17,6 +17,7 @@ from anyio.abc import TaskGroup
 
 from .credentials import Binding
 from .errors import CapacityError
+from .pinning import ToolGate
 from .resolution import Target
 from .sessions import ManagedSession, SessionKey, SessionPolicy
 from .settings import Settings
@@ -28,9 +29,10 @@ SHUTDOWN_GRACE = 10.0
 class SessionPool:
     """Keyed, capped, reaped set of `ManagedSession`s."""
 
-    def __init__(self, settings: Settings, opener: Opener) -> None:
+    def __init__(self, settings: Settings, opener: Opener, gate: ToolGate | None = None) -> None:
         self._settings = settings
         self._opener = opener
+        self._gate = gate  # reviews every tool listing against its pins
         self._policy = SessionPolicy(
             connect_timeout=settings.connect_timeout,
             restart_backoff=settings.restart_backoff,
@@ -77,7 +79,7 @@ class SessionPool:
         if session is not None and session.alive:
             return session
         self._make_room(hosted=target.version.kind == "stdio", name=target.name)
-        session = ManagedSession(key, target, binding, self._opener, self._policy)
+        session = ManagedSession(key, target, binding, self._opener, self._policy, gate=self._gate)
         self._sessions[key] = session
         self._tg.start_soon(session.run)
         return session

@@ -232,6 +232,18 @@ class Registry:
     def __init__(self, entries: dict[str, Entry], *, root: Path | None = None) -> None:
         self._entries = dict(entries)
         self.root = root or Path.cwd()
+        # Servers published through the API (`registrations.py`): looked up after the file's.
+        self._registered: dict[str, Entry] = {}
+        self.unlisted: frozenset[str] = frozenset()
+
+    def set_registered(self, entries: dict[str, Entry], unlisted: frozenset[str] = frozenset()) -> None:
+        """Replace the published entries (the file's own entries keep their slugs)."""
+        self._registered = {slug: entry for slug, entry in entries.items() if slug not in self._entries}
+        self.unlisted = unlisted
+
+    def is_registered(self, slug: str) -> bool:
+        """Whether `slug` was published through the API (else it is the file's, or unknown)."""
+        return slug in self._registered and slug not in self._entries
 
     @classmethod
     def from_file(cls, path: Path) -> Registry:
@@ -264,20 +276,20 @@ class Registry:
         return cls(entries, root=root)
 
     def __contains__(self, slug: str) -> bool:
-        return slug in self._entries
+        return slug in self._entries or slug in self._registered
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries.keys() | self._registered.keys())
 
     def get(self, slug: str) -> Entry | None:
-        return self._entries.get(slug)
+        return self._entries.get(slug) or self._registered.get(slug)
 
     def entries(self) -> list[Entry]:
-        return sorted(self._entries.values(), key=lambda entry: entry.slug)
+        return sorted({**self._registered, **self._entries}.values(), key=lambda entry: entry.slug)
 
     def suggest(self, slug: str, limit: int = 3) -> list[str]:
         """Registered slugs closest to `slug` (whole slug, then name part alone)."""
-        slugs = list(self._entries)
+        slugs = [*self._entries, *(slug for slug in self._registered if slug not in self._entries)]
         close = difflib.get_close_matches(slug, slugs, n=limit, cutoff=0.5)
         name = slug.rsplit("/", 1)[-1]
         by_name = {s.rsplit("/", 1)[-1]: s for s in slugs}

@@ -33,8 +33,10 @@ from mcp import Client, MCPError
 from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, INVALID_REQUEST, REQUEST_TIMEOUT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from .backchannel import BackChannel, current_relay
 from .credentials import Binding
-from .errors import ConnectError, ServerError, SessionLost
+from .errors import ConnectError, ServerError, SessionLost, ToolsChanged
+from .pinning import Review, ToolGate, clean_tool
 from .resolution import Target
 from .scrubbing import Scrubber
 from .transports import Opener
@@ -102,19 +104,26 @@ def _is_dead(exc: MCPError, *, http: bool) -> bool:
 class ManagedSession:
     """A pooled session to one target, owned by the task running `run()`."""
 
-    def __init__(self, key: SessionKey, target: Target, binding: Binding, opener: Opener, policy: SessionPolicy) -> None:
+    def __init__(self, key: SessionKey, target: Target, binding: Binding, opener: Opener, policy: SessionPolicy,
+                 gate: ToolGate | None = None) -> None:
         self.key = key
         self.target = target
         self.binding = binding
         self.hosted = target.version.kind == "stdio"
         self.scrubber = Scrubber(binding.secrets())
+        self.backchannel = BackChannel(opener.elicitation)
         self._opener = opener
         self._policy = policy
         self._client: Client | None = None
         self._wake = anyio.Event()          # set to end the current incarnation (stop or death)
         self._changed = anyio.Event()       # replaced at every state change
         self._stopping = False
-        self._tools: list[types.Tool] | None = None
+        self._tools: list[types.Tool] | None = None  # as the server listed them (the audit hashes these)
+        self._shown: list[types.Tool] | None = None  # after review: pinned and cleaned (what models see)
+        self._gate = gate
+        self.withheld: frozenset[str] = frozenset()  # tools pinning holds back
+        self.pin_error: ToolsChanged | None = None
+        self.reviewed_at = 0.0
         self._tools_lock = anyio.Lock()
         self.state: State = "starting"
         self.error: str | None = None
@@ -138,7 +147,7 @@ class ManagedSession:
 
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, types.ToolListChangedNotification):
-            self._tools = None
+            self.invalidate_tools()
 
     async def _listen_for_tool_changes(self, client: Client, *, task_status: TaskStatus[None]) -> None:
         """2026-07-28 sessions announce tool changes only on a `subscriptions/listen` stream."""
@@ -148,7 +157,7 @@ class ManagedSession:
                 task_status.started()
                 started = True
                 async for _event in subscription:
-                    self._tools = None
+                    self.invalidate_tools()
         except Exception as exc:  # boundary: without the stream the cache just is not invalidated early
             log.info("server %s: no tools/list_changed stream: %s", self.target.name, _describe(exc))
         finally:
@@ -169,13 +178,16 @@ class ManagedSession:
                 with anyio.CancelScope(deadline=anyio.current_time() + self._policy.connect_timeout) as deadline:
                     try:
                         async with self._opener.open(self.target, self.binding, on_message=self._on_message,
-                                                     closed=wake, tenant=self.key.tenant) as client:
+                                                     closed=wake, tenant=self.key.tenant,
+                                                     backchannel=self.backchannel) as client:
                             tools = await _list_all_tools(client)
+                            review = await self._review(tools)
                             async with anyio.create_task_group() as watchers:
                                 if _modern_list_changed(client):
                                     await watchers.start(self._listen_for_tool_changes, client)
                                 deadline.deadline = math.inf
                                 self._client, self._tools, connected = client, tools, True
+                                self._apply(review)
                                 self.generation += 1
                                 self._set_state("ready")
                                 await wake.wait()
@@ -247,30 +259,60 @@ class ManagedSession:
                 await self._changed.wait()
 
     async def list_tools(self) -> list[types.Tool]:
-        """The server's tools, cached per incarnation and refreshed after `tools/list_changed`."""
+        """The tools models may see, cached per incarnation and refreshed after `tools/list_changed`.
+
+        Tools that pinning withholds are left out; `pin_error` then names them.
+        """
         client, generation = await self.client(self._policy.connect_timeout)
-        if self._tools is not None:
-            return self._tools
+        if self._tools is not None and self._shown is not None:
+            return self._shown
         async with self._tools_lock:
-            if self._tools is None:
+            if self._tools is None or self._shown is None:
                 try:
                     tools = await _list_all_tools(client)
                 except MCPError as exc:
                     if _is_dead(exc, http=self.target.version.kind != "stdio"):
                         self.mark_dead(generation)
                     raise ConnectError(f"server {self.target.name!r}: {_describe(exc)}", server=self.target.name) from None
-                if generation == self.generation:
-                    self._tools = tools
-                return tools
-            return self._tools
+                review = await self._review(tools)
+                if generation != self.generation:
+                    return review.tools
+                self._tools = tools
+                self._apply(review)
+            assert self._shown is not None
+            return self._shown
+
+    async def _review(self, tools: list[types.Tool]) -> Review:
+        if self._gate is None:
+            return Review([clean_tool(tool) for tool in tools])
+        return await self._gate.review(self.target.slug or self.target.name, self.target.name, self.target.version_key
+                                       if self.target.slug else None, tools)
+
+    def _apply(self, review: Review) -> None:
+        self._shown = review.tools
+        self.withheld = frozenset(review.withheld)
+        self.pin_error = ToolsChanged(self.target.name, self.target.ident, review.withheld) if review.withheld else None
+        self.reviewed_at = time.monotonic()
+
+    async def raw_tools(self) -> list[types.Tool]:
+        """The tools as the server lists them right now, unreviewed (what registration pins)."""
+        client, generation = await self.client(self._policy.connect_timeout)
+        try:
+            return await _list_all_tools(client)
+        except MCPError as exc:
+            raise ConnectError(f"server {self.target.name!r}: {_describe(exc)}", server=self.target.name) from None
+
+    def invalidate_tools(self) -> None:
+        """Forget the listing (the server changed its tools, or an admin approved pins): re-list next time."""
+        self._tools = self._shown = None
 
     def cached_tools(self) -> list[types.Tool] | None:
         return self._tools
 
     def ready_tools(self) -> list[types.Tool] | None:
         """The cached tools when the session is ready and they need no listing, else None."""
-        if self.state == "ready" and self._client is not None and not self._wake.is_set():
-            return self._tools
+        if self.state == "ready" and self._client is not None and not self._wake.is_set() and self._tools is not None:
+            return self._shown
         return None
 
     async def call_tool(self, name: str, arguments: dict[str, Any], timeout: float) -> types.CallToolResult:
@@ -283,8 +325,18 @@ class ManagedSession:
                 await self.limiter.acquire()
             try:
                 client, generation = await self.client(self._policy.connect_timeout)
+                if name in self.withheld:
+                    raise ToolsChanged(self.target.name, self.target.ident, [name])
                 request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=arguments))
                 try:
+                    relay = current_relay.get()
+                    if relay is not None:  # a gateway call: its client gets the server's back-channel traffic
+                        with self.backchannel.attached(relay):
+                            result = await client.session.send_request(
+                                request, types.CallToolResult, request_read_timeout_seconds=timeout,
+                                progress_callback=relay.progress)
+                        relay.capture(result, self.scrubber.value)
+                        return result
                     # send_request skips the SDK's output-schema check: the hub passes results through.
                     return await client.session.send_request(request, types.CallToolResult,
                                                              request_read_timeout_seconds=timeout)

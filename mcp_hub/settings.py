@@ -113,6 +113,14 @@ class Settings(BaseSettings):
         "redis://[:password@]host:port/db (also rediss://, unix://) for several hubs that act as one.")
     state_prefix: str = Field("mcp-hub:", min_length=1, description="Prefix of every key the hub writes to Redis.")
 
+    # Client-tool handoffs and deferred completions (state kept in the state store).
+    handoff_ttl: float = Field(3600.0, gt=0, description="Seconds a handoff's saved loop state (correlation_id) is kept.")
+    deferred_ttl: float = Field(3600.0, gt=0, description="Seconds a finished deferred completion can be fetched.")
+    deferred_lease: float = Field(30.0, gt=0, description="Seconds a running deferred completion's record outlives "
+                                  "its last heartbeat (an instance that dies leaves it for at most this long).")
+    instance_name: str | None = Field(None, min_length=1, max_length=128, description="This hub's name in the "
+                                      "X-Hub-Instance response header; default host:pid.")
+
     # Durable records (audit trail, marketplace registrations): SQLite in data_dir, or PostgreSQL.
     database_url: SecretStr | None = Field(
         None, description="postgresql://user:password@host:port/db for records shared by several hubs; "
@@ -158,6 +166,14 @@ class Settings(BaseSettings):
     encryption_key_grace: float = Field(
         7 * 24 * 3600.0, ge=0, description="Seconds a rotated-out key still decrypts before it is deleted.")
 
+    # The MCP gateway (/mcp/{org}/{name}): which Host and Origin headers it answers (DNS rebinding).
+    gateway_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host headers the MCP gateway accepts besides loopback names and `host` "
+        "(`name:port`, `name:*`; comma-separated); `*` turns the check off (behind a proxy that checks Host).")
+    gateway_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origin headers the MCP gateway accepts besides loopback origins "
+        "(`https://app.example`, `http://name:*`); requests without an Origin are always accepted.")
+
     _config_file: ClassVar[Path | None] = None
 
     @field_validator("providers")
@@ -184,6 +200,14 @@ class Settings(BaseSettings):
             value = json.loads(text) if text.startswith("[") else [part.strip() for part in text.split(",") if part.strip()]
         if isinstance(value, list):
             Allowlist.parse(str(item) for item in value)  # a bad entry fails at start-up, named
+        return value
+
+    @field_validator("gateway_allowed_hosts", "gateway_allowed_origins", mode="before")
+    @classmethod
+    def _name_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [part.strip() for part in text.split(",") if part.strip()]
         return value
 
     @field_validator("state_url")

@@ -33,6 +33,7 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from . import __version__
+from .backchannel import BackChannel
 from .credentials import Binding
 from .egress import EgressGuard, EgressSession, pinned
 from .errors import AuthRequired, ServerError, UrlBlocked
@@ -285,7 +286,7 @@ class Opener:
 
     @asynccontextmanager
     async def open(self, target: Target, binding: Binding, *, on_message: MessageHandlerFnT, closed: anyio.Event,
-                   tenant: str = "default") -> AsyncIterator[Client]:
+                   tenant: str = "default", backchannel: BackChannel | None = None) -> AsyncIterator[Client]:
         """Connect and handshake; the caller's task must also be the one that exits this context.
 
         An `AuthRequired` (from the OAuth flow) or `UrlBlocked` (from the egress guard) raised
@@ -293,7 +294,8 @@ class Opener:
         so callers see its reason and recommendation.
         """
         try:
-            async with self._open(target, binding, on_message=on_message, closed=closed, tenant=tenant) as client:
+            async with self._open(target, binding, on_message=on_message, closed=closed, tenant=tenant,
+                                  backchannel=backchannel) as client:
                 yield client
         except BaseExceptionGroup as group:
             verdict = _verdict(group)
@@ -303,7 +305,7 @@ class Opener:
 
     @asynccontextmanager
     async def _open(self, target: Target, binding: Binding, *, on_message: MessageHandlerFnT, closed: anyio.Event,
-                    tenant: str) -> AsyncIterator[Client]:
+                    tenant: str, backchannel: BackChannel | None = None) -> AsyncIterator[Client]:
         version = target.version
         async with AsyncExitStack() as stack:
             if version.kind == "stdio":
@@ -332,8 +334,12 @@ class Opener:
                     transport = streamable_http_client(version.url, http_client=client)
             # "2025-11-25" is the handshake era, which the SDK calls legacy mode.
             mode = "legacy" if version.protocol == "2025-11-25" else version.protocol
+            # With a back-channel, the server's sampling, elicitation and logs can reach a gateway client.
+            relayed: dict[str, Any] = {} if backchannel is None else {
+                "sampling_callback": backchannel.sampling, "logging_callback": backchannel.logging}
             session = Client(_watch_eof(transport, closed), mode=mode, message_handler=on_message, cache=None,
-                             elicitation_callback=self.elicitation,
+                             elicitation_callback=backchannel.elicitation if backchannel else self.elicitation,
+                             **relayed,
                              client_info=types.Implementation(name="mcp-hub", version=__version__))
             yield await stack.enter_async_context(session)
 

@@ -487,3 +487,92 @@ def test_disconnect_mid_stream_cancels_pending_tool_calls(hub: HubServer, script
     scripted_model.push(Reply.call(("test-probe__pid", {})), Reply.say("pid again"))
     after = client.chat.completions.create(model=MODEL, messages=user(), mcp_servers=["test/probe"])
     assert (after.mcp_tool_results or [])[0].result == pid and probe_session(hub) is session
+
+
+# -- client-tool handoffs with the dedalus-labs SDK ------------------------------------------------
+
+class CalcAddCalc:
+    """A model that needs an MCP tool, then a local tool, then the MCP tool again with the local result."""
+
+    def __call__(self, request: Recorded) -> Reply:
+        results = [m["content"] for m in request.messages if m.get("role") == "tool"]
+        evaluate = next(name for name in request.tool_names if name.endswith("__evaluate"))
+        if not results:
+            return Reply.call((evaluate, {"expression": "6 * 7"}))
+        if len(results) == 1:
+            return Reply.call(("add", {"a": json.loads(results[0])["result"], "b": 8}))
+        if len(results) == 2:
+            return Reply.call((evaluate, {"expression": f"{results[1]} * 2"}))
+        return Reply.say(f"Final: {json.loads(results[2])['result']}")
+
+
+def counting_client(hub: HubServer) -> tuple[Dedalus, list[str]]:
+    """A Dedalus client that records the path of every HTTP request it sends to the hub."""
+    import httpx
+
+    sent: list[str] = []
+    http = httpx.Client(event_hooks={"request": [lambda request: sent.append(request.url.path)]})
+    client = dedalus_client(hub, http_client=http)
+    return client, sent
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-streaming", "streaming"])
+def test_dedalus_runner_mcp_then_local_then_mcp(hub: HubServer, scripted_model: ScriptedModel, stream: bool) -> None:
+    scripted_model.responder = CalcAddCalc()
+    client, sent = counting_client(hub)
+    runner = DedalusRunner(client)
+    if stream:
+        chunks = runner.run(input="compute", model=MODEL, mcp_servers=["hub/calc"], tools=[add], stream=True)
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    else:
+        result = runner.run(input="compute", model=MODEL, mcp_servers=["hub/calc"], tools=[add])
+        text = result.final_output
+        assert result.tools_called == ["add"]
+        # The last response covers the whole exchange: both MCP calls, across the two requests.
+        assert [r.arguments for r in result.mcp_results] == [{"expression": "6 * 7"}, {"expression": "50 * 2"}]
+    assert text == "Final: 100"
+    assert sent == ["/v1/chat/completions", "/v1/chat/completions"]  # the handoff, then the resumed loop
+    requests = scripted_model.requests
+    assert len(requests) == 4
+    for record in requests:
+        assert_well_formed(record)
+    # The resumed request gave the model the hub's first MCP turn again (the runner never saw it).
+    roles = [m["role"] for m in requests[2].messages]
+    assert roles == ["user", "assistant", "tool", "assistant", "tool"]
+    assert requests[2].messages[3]["tool_calls"][0]["function"]["name"] == "add"
+
+
+def handoff_turn() -> Reply:
+    """One turn: evaluate now, ask the caller's `formula`, and evaluate the formula once it is known."""
+    return Reply.call(("hub-calc__evaluate", {"expression": "1 + 1"}), ("formula", {"of": "twenty-one"}),
+                      ("hub-calc__evaluate", {"expression": {"$ref": "formula"}}))
+
+
+@pytest.mark.parametrize("resume_with", ["correlation_id", "deferred_calls"])
+def test_hand_driven_structured_handoff(hub: HubServer, scripted_model: ScriptedModel, resume_with: str) -> None:
+    scripted_model.push(handoff_turn(), Reply.say("done"))
+    client = dedalus_client(hub)
+    add_tool: Any = {"type": "function", "function": {"name": "formula", "parameters": {"type": "object"}}}
+    messages: list[Any] = user("add and evaluate")
+    first = client.chat.completions.create(model=MODEL, messages=messages, mcp_servers=["hub/calc"], tools=[add_tool])
+    assert first.choices[0].finish_reason == "tool_calls"
+    (call,) = first.choices[0].message.tool_calls or []
+    (pending,) = first.pending_tools or []
+    assert pending.id == call.id and pending.name == "formula" and pending.arguments == {"of": "twenty-one"}
+    (deferred,) = first.deferred or []
+    assert deferred.blocked_by == [call.id] and deferred.arguments == {"expression": {"$ref": call.id}}
+    assert list((first.server_results or {}).values()) == [first.mcp_tool_results[0].result]  # type: ignore[index]
+    assert first.correlation_id
+    history = [*messages, {"role": "assistant", "tool_calls": [call.model_dump()]},
+               {"role": "tool", "tool_call_id": call.id, "content": "20 + 1"}]
+    resume: dict[str, Any] = ({"correlation_id": first.correlation_id} if resume_with == "correlation_id"
+                              else {"deferred_calls": [d.model_dump() for d in first.deferred or []]})
+    final = client.chat.completions.create(model=MODEL, messages=history, mcp_servers=["hub/calc"], tools=[add_tool],
+                                           **resume)
+    assert final.choices[0].message.content == "done"
+    executed = [r.arguments for r in final.mcp_tool_results or []]
+    assert {"expression": "20 + 1"} in executed  # the deferred call ran, with the client's result
+    if resume_with == "correlation_id":
+        assert executed == [{"expression": "1 + 1"}, {"expression": "20 + 1"}]
+    tool_messages = [m for m in scripted_model.requests[1].messages if m["role"] == "tool"]
+    assert any(json.loads(m["content"]).get("result") == 21 for m in tool_messages if m["content"].startswith("{"))

@@ -94,6 +94,11 @@ async def _grow_and_relist(hub: Hub, protocol: str) -> None:
         with anyio.fail_after(5):
             while session.cached_tools() is not None:
                 await anyio.sleep(0.01)
+    # The re-listing sees the new tool; pinning withholds it (it appeared after first use) until approved.
+    relisted = hub.open_servers(SERVER)
+    assert {t.name for t in (await hub.list_tools(relisted))[SERVER]} == before
+    assert relisted.errors[SERVER].code == "tool_definitions_changed" and session.withheld == {"fresh"}
+    assert await hub.approve_pins(SERVER, "1.0.0", approved_by="test") == ["fresh"]
     after = {t.name for t in (await hub.list_tools(hub.open_servers(SERVER)))[SERVER]}
     assert after == before | {"fresh"}
 

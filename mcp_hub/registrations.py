@@ -1,0 +1,371 @@
+"""Servers published through the API: validated, stored in the records database, resolvable by slug.
+
+A registration is an entry like a `registry.yaml` one (slug, description, tags,
+connections, limits) whose versions arrive one at a time and are immutable once stored;
+a version can be deprecated (still resolvable when pinned exactly, never picked as
+latest) and a server unlisted (resolvable, not in `GET /v1/servers`). The file's
+entries stay read-only: their slugs cannot be registered.
+
+Who may write: a key with the `admin` role, for any org; a key with the `publisher` role,
+for the org equal to its tenant (`acme/…` for a key of tenant `acme`). A hosted version
+from the API is a `package` (npm or pypi, run over stdio as `npx`/`uvx` would); a raw
+`command` runs anything on the hub's machine, so only admins may register one.
+
+Registering a version lists its tools at once and pins them (`pinning.py`); a server that
+needs a credential the request does not bring is pinned on first use instead, and one
+that cannot be reached is refused (422), nothing stored. Every hub sharing the database
+sees new registrations within `REFRESH_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any, Literal
+
+import anyio
+import mcp.types as types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .apikeys import Principal
+from .credentials import Credential, bind
+from .database import Database, Migration
+from .errors import Conflict, CredentialError, Forbidden, NotFound, RequestError, ServerError, Unprocessable
+from .registry import SLUG_RE, Entry, parse_version
+from .resolution import Target
+
+REFRESH_SECONDS = 5.0
+STEPS = [Migration(1, (
+    """CREATE TABLE registrations (
+        slug TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        description TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        connections TEXT NOT NULL,
+        limits TEXT NOT NULL,
+        unlisted BOOLEAN NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        created_by TEXT,
+        updated_at DOUBLE PRECISION NOT NULL
+    )""",
+    """CREATE TABLE registration_versions (
+        slug TEXT NOT NULL,
+        version TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        deprecated BOOLEAN NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        created_by TEXT,
+        PRIMARY KEY (slug, version)
+    )""",
+))]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Package(_Body):
+    """A package the hub runs over stdio: `npx -y identifier@version args…` or `uvx identifier==version args…`."""
+
+    registry: Literal["npm", "pypi"]
+    identifier: Annotated[str, Field(min_length=1, pattern=r"^[@A-Za-z0-9][@A-Za-z0-9._/-]*$")]
+    version: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9.+-]*$")]
+    arguments: list[str] = []
+
+    def command(self) -> list[str]:
+        if self.registry == "npm":
+            return ["npx", "-y", f"{self.identifier}@{self.version}", *self.arguments]
+        return ["uvx", f"{self.identifier}=={self.version}", *self.arguments]
+
+
+class VersionBody(_Body):
+    """One version: a remote `url`, a hosted `package`, or (admins only) a raw hosted `command`."""
+
+    version: str
+    url: str | None = None
+    transport: Literal["streamable-http", "sse"] | None = None
+    headers: dict[str, str] = {}
+    package: Package | None = None
+    command: list[str] | None = None
+    env: dict[str, str] = {}
+    protocol: Literal["legacy", "auto", "2025-11-25", "2026-07-28"] = "legacy"
+    deprecated: bool = False
+
+    def spec(self) -> dict[str, Any]:
+        """The registry `Version` fields this body stands for."""
+        given = [name for name in ("url", "package", "command") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise RequestError("a version gives exactly one of `url` (remote), `package` (hosted npm/pypi) or "
+                               "`command` (hosted, admins only)", param="version")
+        spec: dict[str, Any] = {"protocol": self.protocol, "deprecated": self.deprecated}
+        if self.url is not None:
+            spec |= {"url": self.url, "headers": self.headers} | ({"transport": self.transport} if self.transport else {})
+        else:
+            spec |= {"command": self.package.command() if self.package else self.command, "env": self.env}
+        return spec
+
+
+class RegistrationBody(_Body):
+    """`POST /v1/servers`: a new server and its first version."""
+
+    slug: str
+    description: str = ""
+    tags: list[str] = []
+    connections: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    version: VersionBody
+    credentials: Any = None  # used to list the tools once, never stored
+
+
+class NewVersionBody(VersionBody):
+    """`POST /v1/servers/{org}/{name}/versions`: one more version."""
+
+    credentials: Any = None
+
+
+def validated(model: type[BaseModel], data: Any) -> Any:
+    """`data` as `model`, or a 400 naming the first bad field."""
+    if not isinstance(data, dict):
+        raise RequestError("request body must be a JSON object", code="invalid_request")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise RequestError(f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+
+
+def _entry(slug: str, description: str, tags: list[str], connections: dict[str, Any], limits: dict[str, Any],
+           versions: dict[str, dict[str, Any]]) -> Entry:
+    """An `Entry`, or a 400 naming the field (the same rules as registry.yaml)."""
+    try:
+        return Entry.model_validate({"slug": slug, "description": description, "tags": tags, "connections": connections,
+                                     "limits": limits, "versions": versions})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        message = first["msg"].removeprefix("Value error, ")
+        raise RequestError(f"{param}: {message}" if param else message, param=param, code="invalid_registration") from None
+
+
+def _check_version(text: str) -> str:
+    try:
+        parse_version(text)
+    except ValueError:
+        raise RequestError(f"version {text!r} is not a semantic version like 1.2.0", param="version.version") from None
+    return text.removeprefix("v").removeprefix("V")
+
+
+class RegistrationStore:
+    """The `registrations` and `registration_versions` tables."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def open(self) -> RegistrationStore:
+        await self._db.migrate("registrations", STEPS)
+        return self
+
+    async def stamp(self) -> tuple[Any, ...]:
+        row = await self._db.fetch_one("SELECT COUNT(*) AS n, MAX(updated_at) AS t FROM registrations")
+        return (row or {}).get("n"), (row or {}).get("t")
+
+    async def load(self) -> tuple[dict[str, Entry], frozenset[str], dict[str, str]]:
+        """Every registered entry, the unlisted slugs, and each slug's owner (org tenant)."""
+        servers = await self._db.fetch_all("SELECT slug, owner, description, tags, connections, limits, unlisted "
+                                           "FROM registrations")
+        versions = await self._db.fetch_all("SELECT slug, version, spec, deprecated FROM registration_versions")
+        by_slug: dict[str, dict[str, dict[str, Any]]] = {}
+        for row in versions:
+            by_slug.setdefault(row["slug"], {})[row["version"]] = {**json.loads(row["spec"]),
+                                                                    "deprecated": bool(row["deprecated"])}
+        entries: dict[str, Entry] = {}
+        for row in servers:
+            if row["slug"] in by_slug:
+                entries[row["slug"]] = _entry(row["slug"], row["description"], json.loads(row["tags"]),
+                                              json.loads(row["connections"]), json.loads(row["limits"]), by_slug[row["slug"]])
+        unlisted = frozenset(row["slug"] for row in servers if row["unlisted"])
+        return entries, unlisted, {row["slug"]: row["owner"] for row in servers}
+
+    async def insert(self, entry: Entry, key: str, *, owner: str, by: str | None, new_server: bool) -> None:
+        now = time.time()
+        spec = entry.versions[key].model_dump(mode="json", exclude={"deprecated"}, exclude_defaults=True)
+        try:
+            async with self._db.transaction() as tx:
+                if new_server:
+                    await tx.execute(
+                        "INSERT INTO registrations (slug, owner, description, tags, connections, limits, unlisted, "
+                        "created_at, created_by, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (entry.slug, owner, entry.description, json.dumps(list(entry.tags)),
+                         json.dumps({k: v.model_dump(mode="json") for k, v in entry.connections.items()}),
+                         json.dumps(entry.limits.model_dump(mode="json", exclude_none=True)), False, now, by, now))
+                else:
+                    await tx.execute("UPDATE registrations SET updated_at = ? WHERE slug = ?", (now, entry.slug))
+                await tx.execute("INSERT INTO registration_versions (slug, version, spec, deprecated, created_at, "
+                                 "created_by) VALUES (?, ?, ?, ?, ?, ?)",
+                                 (entry.slug, key, json.dumps(spec), entry.versions[key].deprecated, now, by))
+        except Exception as exc:  # the unique key: another request registered it first
+            if "unique" in str(exc).lower() or "duplicate" in str(exc).lower():
+                raise Conflict(f"{entry.slug}@{key} is already registered", param="slug") from None
+            raise
+
+    async def update_server(self, slug: str, **fields: Any) -> None:
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        async with self._db.transaction() as tx:
+            await tx.execute(f"UPDATE registrations SET {sets}, updated_at = ? WHERE slug = ?",  # noqa: S608 - names are ours
+                             (*fields.values(), time.time(), slug))
+
+    async def set_deprecated(self, slug: str, version: str, deprecated: bool) -> None:
+        async with self._db.transaction() as tx:
+            await tx.execute("UPDATE registration_versions SET deprecated = ? WHERE slug = ? AND version = ?",
+                             (deprecated, slug, version))
+            await tx.execute("UPDATE registrations SET updated_at = ? WHERE slug = ?", (time.time(), slug))
+
+
+class Registrations:
+    """Publishing: the service behind the registration API and `mcp-hub registry import`."""
+
+    def __init__(self, hub: Any, store: RegistrationStore) -> None:
+        self._hub = hub
+        self.store = store
+        self._stamp: tuple[Any, ...] | None = None
+        self.owners: dict[str, str] = {}
+        self._lock = anyio.Lock()
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Load the registrations into the registry when they changed (here or on another hub)."""
+        async with self._lock:
+            stamp = await self.store.stamp()
+            if stamp == self._stamp and not force:
+                return
+            entries, unlisted, owners = await self.store.load()
+            self._hub.registry.set_registered(entries, unlisted)
+            self.owners, self._stamp = owners, stamp
+
+    async def refresh_forever(self) -> None:
+        while True:
+            await anyio.sleep(REFRESH_SECONDS)
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - a database hiccup must not stop refreshing
+                continue
+
+    # -- authorization -------------------------------------------------------------------------
+
+    @staticmethod
+    def authorize(principal: Principal, slug: str, *, raw_command: bool = False) -> None:
+        org = slug.split("/", 1)[0]
+        if principal.role == "admin":
+            return
+        if principal.role != "publisher":
+            raise Forbidden(f"publishing needs an API key with the publisher or admin role (this key's role: "
+                            f"{principal.role})")
+        if principal.tenant != org:
+            raise Forbidden(f"a publisher key of tenant {principal.tenant!r} publishes only under {principal.tenant}/…, "
+                            f"not {org}/…")
+        if raw_command:
+            raise Forbidden("a raw `command` runs on the hub's machine: only admins may register one; publish a "
+                            "`package` (npm or pypi) or a remote `url`")
+
+    def _registered(self, slug: str) -> Entry:
+        registry = self._hub.registry
+        if not registry.is_registered(slug):
+            if slug in registry:
+                raise Conflict(f"{slug} is defined in the registry file, which the API does not change", param="slug")
+            raise NotFound(f"no registered server {slug!r}", code="server_not_found", param="slug")
+        entry: Entry = registry.get(slug)
+        return entry
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def register(self, body: RegistrationBody, principal: Principal) -> dict[str, Any]:
+        slug = body.slug
+        if not SLUG_RE.match(slug):
+            raise RequestError("slug must look like org/name (lowercase letters, digits, '.', '_', '-')", param="slug")
+        self.authorize(principal, slug, raw_command=body.version.command is not None)
+        await self.refresh()
+        if slug in self._hub.registry:
+            where = "registered" if self._hub.registry.is_registered(slug) else "defined in the registry file"
+            raise Conflict(f"{slug} is already {where}; add versions with POST /v1/servers/{slug}/versions", param="slug")
+        key = _check_version(body.version.version)
+        entry = _entry(slug, body.description, body.tags, body.connections, body.limits, {key: body.version.spec()})
+        pinned = await self._list_and_pin(entry, key, body.credentials, principal, new_server=True)
+        return {"slug": slug, "version": key, **pinned}
+
+    async def add_version(self, slug: str, body: NewVersionBody, principal: Principal) -> dict[str, Any]:
+        self.authorize(principal, slug, raw_command=body.command is not None)
+        await self.refresh()
+        current = self._registered(slug)
+        key = _check_version(body.version)
+        if any(parse_version(existing) == parse_version(key) for existing in current.versions):
+            raise Conflict(f"{slug}@{key} exists; versions are immutable: publish a new version", param="version")
+        versions = {k: v.model_dump(mode="json", exclude_defaults=True) | {"deprecated": v.deprecated}
+                    for k, v in current.versions.items()}
+        entry = _entry(slug, current.description, list(current.tags),
+                       {k: v.model_dump(mode="json") for k, v in current.connections.items()},
+                       current.limits.model_dump(mode="json", exclude_none=True), {**versions, key: body.spec()})
+        pinned = await self._list_and_pin(entry, key, body.credentials, principal, new_server=False)
+        return {"slug": slug, "version": key, **pinned}
+
+    async def deprecate(self, slug: str, version: str, deprecated: bool, principal: Principal) -> None:
+        self.authorize(principal, slug)
+        current = self._registered(slug)
+        if version not in current.versions:
+            raise NotFound(f"{slug} has no version {version!r}", code="version_not_found", param="version")
+        await self.store.set_deprecated(slug, version, deprecated)
+        await self.refresh(force=True)
+
+    async def update(self, slug: str, changes: dict[str, Any], principal: Principal) -> None:
+        self.authorize(principal, slug)
+        self._registered(slug)
+        fields: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name == "unlisted" and isinstance(value, bool):
+                fields["unlisted"] = value
+            elif name == "description" and isinstance(value, str):
+                fields["description"] = value
+            elif name == "tags" and isinstance(value, list) and all(isinstance(t, str) for t in value):
+                fields["tags"] = json.dumps(value)
+            else:
+                raise RequestError(f"`{name}` cannot be changed this way (unlisted: bool, description: str, "
+                                   "tags: [str]); versions are immutable", param=name)
+        if fields:
+            await self.store.update_server(slug, **fields)
+            await self.refresh(force=True)
+
+    async def _list_and_pin(self, entry: Entry, key: str, credentials: Any, principal: Principal, *,
+                            new_server: bool) -> dict[str, Any]:
+        """List the new version's tools (refusing an unreachable server), store it, pin the tools."""
+        from .hub import parse_credentials
+
+        tools, note = await self._list_tools(entry, key, parse_credentials(credentials), principal.tenant)
+        await self.store.insert(entry, key, owner=entry.slug.split("/", 1)[0], by=principal.key_id, new_server=new_server)
+        if tools is not None:
+            await self._hub.pins.record(entry.slug, key, tools, approved_by=f"registration:{principal.key_id or 'open'}")
+        await self.refresh(force=True)
+        if tools is None:
+            return {"pinned": False, "note": note}
+        return {"pinned": True, "tools": [tool.name for tool in tools]}
+
+    async def _list_tools(self, entry: Entry, key: str, credentials: list[Credential],
+                          tenant: str) -> tuple[list[types.Tool] | None, str]:
+        target = Target(name=entry.slug, ident=f"{entry.slug}@{key}", version=entry.versions[key], entry=entry,
+                        version_key=key)
+        try:
+            binding = bind(entry, entry.slug, credentials)
+        except CredentialError as exc:
+            return None, f"{exc.message}; its tools are pinned when it is first listed with credentials"
+        if entry.versions[key].oauth is not None:
+            return None, "an OAuth server: its tools are pinned when it is first listed"
+        try:
+            session = self._hub.pool.get(target, binding, tenant)
+            with anyio.fail_after(self._hub.settings.connect_timeout + 5):
+                await session.client(self._hub.settings.connect_timeout)
+                raw = await session.raw_tools()
+        except ServerError as exc:
+            raise Unprocessable(f"cannot list the tools of {entry.slug}@{key}: {exc.message}", param="version",
+                                code="server_unreachable") from None
+        except TimeoutError:
+            raise Unprocessable(f"cannot list the tools of {entry.slug}@{key}: timed out", param="version",
+                                code="server_unreachable") from None
+        return raw, ""

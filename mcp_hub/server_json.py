@@ -1,0 +1,237 @@
+"""Import from the official MCP Registry's `server.json` format into a registration.
+
+A `server.json` (schemas 2025-09-29 and later in camelCase; the older snake_case
+spellings are read too) describes one version of a server: `packages` the client runs
+locally, and/or `remotes` it connects to. The import maps it onto the hub's own model:
+
+- `remotes[]` of type `streamable-http` or `sse` become a remote version (`url`); URL
+  `{variables}` are filled from the import's `variables`, else their `default`;
+- `packages[]` of `registryType` `npm` or `pypi` with `stdio` transport become a hosted
+  `package` version, run as `npx -y <identifier>@<version>` or `uvx <identifier>==<version>`
+  with its `packageArguments` (fixed `value`, else `default`, else the import's
+  `variables`); a package with another `runtimeHint` or with `runtimeArguments` becomes a
+  raw `command` (runner, runtime arguments, package, package arguments), which only
+  admins may register;
+- declared inputs with no fixed value (secret or required headers and environment
+  variables) become fields of one connection named after the server (`weather` for
+  `io.github.user/weather`), delivered as the entry's `headers` / `env` templates; inputs
+  with a fixed value or a default become the version's own `headers` / `env`.
+
+A remote is preferred over a package unless `prefer="package"`. Other package types
+(oci, nuget, mcpb) and package transports other than stdio are skipped, with a note.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import RequestError
+
+_PLACEHOLDER = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)}")
+_RUNNERS = {"npm": "npx", "pypi": "uvx"}
+
+
+@dataclass
+class Imported:
+    """A server.json mapped onto a registration body (`registrations.RegistrationBody` input) and notes."""
+
+    body: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def _get(obj: dict[str, Any], camel: str, snake: str | None = None, default: Any = None) -> Any:
+    if camel in obj:
+        return obj[camel]
+    snake = snake or re.sub(r"(?<!^)([A-Z])", r"_\1", camel).lower()
+    return obj.get(snake, default)
+
+
+def _field_name(name: str) -> str:
+    return re.sub(r"[^a-z0-9_]", "_", name.lower()).strip("_") or "value"
+
+
+class _Inputs:
+    """Collects the connection fields an import needs (inputs without a fixed value)."""
+
+    def __init__(self, variables: dict[str, str]) -> None:
+        self.variables = variables
+        self.fields: list[str] = []
+        self.required = False
+        self.descriptions: list[str] = []
+
+    def fill(self, template: str, declared: dict[str, Any], where: str) -> str:
+        """`template` with `{var}` placeholders filled from the import's values or their defaults."""
+        def one(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in self.variables:
+                return self.variables[name]
+            spec = declared.get(name) or {}
+            value = _get(spec, "value") or _get(spec, "default")
+            if value is None:
+                raise RequestError(f"{where} needs a value for {{{name}}}: give it in `variables`", param="variables")
+            return str(value)
+
+        return _PLACEHOLDER.sub(one, template)
+
+    def credential(self, name: str, spec: dict[str, Any]) -> str:
+        """A template for an input the caller supplies as a credential field."""
+        value = _get(spec, "value")
+        variables = _get(spec, "variables") or {}
+        if isinstance(value, str) and _PLACEHOLDER.search(value):
+            fields = [_field_name(v) for v in _PLACEHOLDER.findall(value)]
+            template = _PLACEHOLDER.sub(lambda m: "{" + _field_name(m.group(1)) + "}", value)
+            for var in _PLACEHOLDER.findall(value):
+                if var not in variables and var in self.variables:  # a fixed value given at import
+                    template = template.replace("{" + _field_name(var) + "}", self.variables[var])
+                    fields.remove(_field_name(var))
+        else:
+            fields, template = [_field_name(name)], "{" + _field_name(name) + "}"
+        for item in fields:
+            if item not in self.fields:
+                self.fields.append(item)
+        self.required = self.required or bool(_get(spec, "isRequired", "is_required", False))
+        if description := _get(spec, "description"):
+            self.descriptions.append(f"{name}: {description}")
+        return template
+
+
+def _is_input(spec: dict[str, Any]) -> bool:
+    """An input the user supplies: secret, or without a fixed value or default."""
+    secret = bool(_get(spec, "isSecret", "is_secret", False))
+    return secret or (_get(spec, "value") is None and _get(spec, "default") is None)
+
+
+def _arguments(args: list[dict[str, Any]], inputs: _Inputs, where: str) -> list[str]:
+    out: list[str] = []
+    for index, arg in enumerate(args or []):
+        kind = arg.get("type")
+        value = _get(arg, "value")
+        if value is None:
+            value = _get(arg, "default")
+        if value is None and kind == "positional":
+            hint = _get(arg, "valueHint", "value_hint") or f"argument {index}"
+            if hint in inputs.variables:
+                value = inputs.variables[hint]
+            else:
+                raise RequestError(f"{where}: positional argument {hint!r} has no value: give it in `variables`",
+                                   param="variables")
+        declared = _get(arg, "variables") or {}
+        if kind == "named":
+            name = arg.get("name")
+            if not isinstance(name, str) or not name:
+                raise RequestError(f"{where}: a named argument has no `name`", param="server_json")
+            out += [name] if value is None else [name, inputs.fill(str(value), declared, where)]
+        elif kind == "positional":
+            out.append(inputs.fill(str(value), declared, where))
+        else:
+            raise RequestError(f"{where}: argument type {kind!r} is neither positional nor named", param="server_json")
+    return out
+
+
+def _remote(remote: dict[str, Any], inputs: _Inputs) -> tuple[dict[str, Any], dict[str, str]]:
+    kind = _get(remote, "type") or _get(remote, "transportType", "transport_type")
+    url = remote.get("url")
+    if not isinstance(url, str):
+        raise RequestError("a remote has no `url`", param="server_json")
+    version: dict[str, Any] = {"url": inputs.fill(url, _get(remote, "variables") or {}, "remote url"),
+                               "transport": kind}
+    fixed: dict[str, str] = {}
+    delivered: dict[str, str] = {}
+    for header in _get(remote, "headers") or []:
+        name = header.get("name")
+        if not isinstance(name, str):
+            raise RequestError("a remote header has no `name`", param="server_json")
+        if _is_input(header):
+            delivered[name] = inputs.credential(name, header)
+        else:
+            value = _get(header, "value") or _get(header, "default")
+            fixed[name] = inputs.fill(str(value), _get(header, "variables") or {}, f"header {name}")
+    if fixed:
+        version["headers"] = fixed
+    return version, delivered
+
+
+def _package(package: dict[str, Any], inputs: _Inputs) -> tuple[dict[str, Any], dict[str, str]]:
+    kind = _get(package, "registryType", "registry_type")
+    identifier = package.get("identifier")
+    version = package.get("version")
+    if not isinstance(identifier, str) or not isinstance(version, str):
+        raise RequestError("a package needs `identifier` and `version`", param="server_json")
+    hint = _get(package, "runtimeHint", "runtime_hint")
+    runtime_args = _get(package, "runtimeArguments", "runtime_arguments") or []
+    where = f"package {identifier}"
+    arguments = _arguments(_get(package, "packageArguments", "package_arguments") or [], inputs, where)
+    result: dict[str, Any]
+    if hint in (None, _RUNNERS[kind]) and not runtime_args:  # the hub's own way to run it: any publisher may
+        result = {"package": {"registry": kind, "identifier": identifier, "version": version, "arguments": arguments}}
+    else:  # a custom runner or runtime arguments: a raw command, which only admins may register
+        runner = hint or _RUNNERS[kind]
+        spec = f"{identifier}@{version}" if kind == "npm" else f"{identifier}=={version}"
+        result = {"command": [runner, *(["-y"] if runner == "npx" else []), *_arguments(runtime_args, inputs, where),
+                              spec, *arguments]}
+    env: dict[str, str] = {}
+    delivered: dict[str, str] = {}
+    for variable in _get(package, "environmentVariables", "environment_variables") or []:
+        name = variable.get("name")
+        if not isinstance(name, str):
+            raise RequestError("an environment variable has no `name`", param="server_json")
+        if _is_input(variable):
+            delivered[name] = inputs.credential(name, variable)
+        else:
+            value = _get(variable, "value") or _get(variable, "default")
+            env[name] = inputs.fill(str(value), _get(variable, "variables") or {}, f"environment variable {name}")
+    if env:
+        result["env"] = env
+    return result, delivered
+
+
+def import_server_json(document: Any, *, slug: str | None = None, prefer: str = "remote",
+                       variables: dict[str, str] | None = None, tags: list[str] | None = None) -> Imported:
+    """Map one server.json document onto a registration body; RequestError names what is wrong."""
+    if not isinstance(document, dict):
+        raise RequestError("server.json must be a JSON object", param="server_json")
+    if prefer not in ("remote", "package"):
+        raise RequestError("`prefer` is remote or package", param="prefer")
+    name = document.get("name")
+    version = document.get("version") or (_get(document, "versionDetail", "version_detail") or {}).get("version")
+    if not isinstance(name, str) or "/" not in name:
+        raise RequestError("server.json `name` must look like io.github.owner/server", param="server_json")
+    if not isinstance(version, str):
+        raise RequestError("server.json has no `version`", param="server_json")
+    notes: list[str] = []
+    inputs = _Inputs(dict(variables or {}))
+    remotes = [r for r in document.get("remotes") or []
+               if (_get(r, "type") or _get(r, "transportType", "transport_type")) in ("streamable-http", "sse")]
+    packages = []
+    for package in document.get("packages") or []:
+        kind = _get(package, "registryType", "registry_type")
+        transport = (package.get("transport") or {}).get("type", "stdio")
+        if kind in _RUNNERS and transport == "stdio":
+            packages.append(package)
+        else:
+            notes.append(f"skipped package {package.get('identifier')!r} ({kind}, {transport}): the hub hosts npm "
+                         "and pypi packages over stdio")
+    connection = _field_name(name.rsplit("/", 1)[-1]).replace("_", "-")
+    if remotes and (prefer == "remote" or not packages):
+        mapped, delivered = _remote(remotes[0], inputs)
+        delivery = "headers"
+    elif packages:
+        mapped, delivered = _package(packages[0], inputs)
+        delivery = "env"
+    else:
+        raise RequestError("server.json has no remote (streamable-http, sse) and no npm or pypi stdio package the hub "
+                           "can run", param="server_json")
+    body: dict[str, Any] = {
+        "slug": slug or name.lower(),
+        "description": document.get("description") or document.get("title") or "",
+        "tags": list(tags or []),
+        "version": {"version": version.removeprefix("v"), **mapped,
+                    **({"deprecated": True} if document.get("status") == "deprecated" else {})},
+    }
+    if delivered:
+        body["connections"] = {connection: {
+            "description": "; ".join(inputs.descriptions) or f"Credentials for {name}",
+            "fields": inputs.fields, "required": inputs.required, delivery: delivered}}
+    return Imported(body=body, notes=notes)
