@@ -36,6 +36,7 @@ from typing import Any
 
 import anyio
 import httpx2
+import psutil
 from bench_completions import (  # bench/ is on sys.path when run as a script
     API_KEY,
     MODEL_SERVER,
@@ -75,6 +76,27 @@ def workers(hub_url: str, clients: int) -> list[Callable[[], Awaitable[None]]]:
 
         out.append(call)
     return out
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> dict[int, float]:
+    """CPU seconds (user + system) of each live process in `procs`, by pid."""
+    out = {}
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        out[proc.pid] = times.user + times.system
+    return out
+
+
+def spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent in between by the processes alive at both samples."""
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
+
+
+def postgres_processes() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["name"]) if (p.info.get("name") or "").startswith("postgres")]
 
 
 async def block(fns: list[Callable[[], Awaitable[None]]], count: int) -> tuple[float, list[float]]:
@@ -122,7 +144,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"meta": {
         "python": platform.python_version(), "mcp": package_version("mcp"), "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "clients": args.clients, "rounds": args.rounds,
-        "per_round": args.per_round, "loadavg_at_start": os.getloadavg()}}
+        "per_round": args.per_round, "linger": args.linger, "loadavg_at_start": os.getloadavg()}}
     write_registry(tmp / "registry.yaml")
     procs: list[subprocess.Popen[bytes]] = []
     cleanup: list[Callable[[], None]] = []
@@ -133,18 +155,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                            clean_env()))
         script = ScriptClient(model_url)
         script_model(script)
-        variants: dict[str, dict[str, str]] = {"off": {"MCP_HUB_AUDIT_ENABLED": "false"}, "sqlite": {}}
+        tuning = {"MCP_HUB_AUDIT_LINGER": str(args.linger)} if args.linger is not None else {}
+        variants: dict[str, dict[str, str]] = {"off": {"MCP_HUB_AUDIT_ENABLED": "false"}, "sqlite": tuning}
         pg = postgres_schema()
         if pg is not None:
-            variants["postgresql"] = {"MCP_HUB_DATABASE_URL": pg[0]}
+            variants["postgresql"] = {"MCP_HUB_DATABASE_URL": pg[0], **tuning}
             cleanup.append(pg[1])
         hubs: dict[str, str] = {}
+        hub_procs: dict[str, subprocess.Popen[bytes]] = {}
         for name, extra in variants.items():
             port = free_port()
-            procs.append(spawn([sys.executable, "-m", "mcp_hub", "serve", "--registry", str(tmp / "registry.yaml"),
+            hub_procs[name] = spawn([sys.executable, "-m", "mcp_hub", "serve", "--registry", str(tmp / "registry.yaml"),
                                 "--data-dir", str(tmp / f"data-{name}"), "--port", str(port), "--log-level", "warning"],
                                port, tmp / f"hub-{name}.log",
-                               clean_env(OPENAI_BASE_URL=f"{model_url}/v1", OPENAI_API_KEY=API_KEY, **extra)))
+                               clean_env(OPENAI_BASE_URL=f"{model_url}/v1", OPENAI_API_KEY=API_KEY, **extra))
+            procs.append(hub_procs[name])
             hubs[name] = f"http://127.0.0.1:{port}"
         log(f"hubs up: {', '.join(hubs)}", phase)
         fns = {name: workers(url, args.clients) for name, url in hubs.items()}
@@ -152,13 +177,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in hubs:  # spawns each hub's probe child, warms connections and caches
                 await block(fns[name], args.warmup)
             reset_model(script)
+            # CPU of each hub process (the event loop and its threads) and of every PostgreSQL process.
+            hub_ps = {name: [psutil.Process(proc.pid)] for name, proc in hub_procs.items()}
+            pg_ps = postgres_processes()
+            cpu: dict[str, list[float]] = {name: [0.0, 0.0] for name in hubs}  # hub, postgres
             walls: dict[str, list[float]] = {name: [] for name in hubs}
             latencies: dict[str, list[float]] = {name: [] for name in hubs}
             names = list(hubs)
             for round_ in range(args.rounds):
                 order = names[round_ % len(names):] + names[:round_ % len(names)]
                 for name in order:
+                    hub0, pg0 = cpu_seconds(hub_ps[name]), cpu_seconds(pg_ps)
                     wall, lat = await block(fns[name], args.per_round)
+                    cpu[name][0] += spent(hub0, cpu_seconds(hub_ps[name]))
+                    cpu[name][1] += spent(pg0, cpu_seconds(pg_ps))
                     walls[name].append(wall)
                     latencies[name] += lat
                 reset_model(script)  # the model server keeps every request: forget them
@@ -167,6 +199,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with httpx2.AsyncClient(timeout=60) as http:
                 checks = {name: (await http.get(f"{url}/v1/audit/verify")).json()
                           for name, url in hubs.items() if name != "off"}
+                metrics = {name: (await http.get(f"{url}/metrics")).text for name, url in hubs.items()}
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -177,8 +210,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in hubs:
         per = [wall * 1000 / args.per_round for wall in walls[name]]
-        results[name] = {"ms_per_completion": sum(walls[name]) * 1000 / (args.rounds * args.per_round),
-                         "ms_per_completion_rounds": per, "latency": summary(latencies[name])}
+        timed = args.rounds * args.per_round
+        results[name] = {"ms_per_completion": sum(walls[name]) * 1000 / timed,
+                         "ms_per_completion_rounds": per, "latency": summary(latencies[name]),
+                         "hub_cpu_ms": cpu[name][0] * 1000 / timed, "postgres_cpu_ms": cpu[name][1] * 1000 / timed,
+                         "records_per_commit": records_per_commit(metrics[name])}
         if name != "off":
             ratios = [a / b for a, b in zip(walls[name], walls["off"], strict=True)]
             results[name] |= {"ratio_paired_median": statistics.median(ratios), "ratios": ratios,
@@ -191,6 +227,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def records_per_commit(text: str) -> float | None:
+    """Audit records / commits, from the hub's own metrics."""
+    values = {}
+    for line in text.splitlines():
+        for metric in ("mcp_hub_audit_records_total", "mcp_hub_audit_commit_duration_seconds_count"):
+            if line.startswith(metric + " "):
+                values[metric] = float(line.split()[1])
+    commits = values.get("mcp_hub_audit_commit_duration_seconds_count")
+    return values["mcp_hub_audit_records_total"] / commits if commits else None
+
+
 def markdown(report: dict[str, Any]) -> str:
     m, results = report["meta"], report["results"]
     off = results["off"]["ms_per_completion"]
@@ -198,15 +245,18 @@ def markdown(report: dict[str, Any]) -> str:
              f"{m['clients']} concurrent clients, {m['rounds']} rounds × {m['per_round']} completions per hub, "
              f"total {m['total_s']:.0f} s, load average {m['loadavg_at_start'][0]:.2f} → {m['loadavg_at_end'][0]:.2f}", "",
              "| audit | ms per completion (wall / count) | latency p50 / p99 ms | vs off: paired median, totals "
-             "| added per tool call | chain verified |", "|---|---|---|---|---|---|"]
+             "| added per tool call | CPU ms per completion: hub / PostgreSQL | records per commit | chain verified |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, row in results.items():
         lat = row["latency"]
         if name == "off":
-            lines.append(f"| off | {row['ms_per_completion']:.3f} | {lat['median']:.1f} / {lat['p99']:.1f} | 1 | | |")
+            lines.append(f"| off | {row['ms_per_completion']:.3f} | {lat['median']:.1f} / {lat['p99']:.1f} | 1 | "
+                         f"| {row['hub_cpu_ms']:.3f} / {row['postgres_cpu_ms']:.3f} | | |")
             continue
         added = row["ms_per_completion"] - off
         lines.append(f"| {name} | {row['ms_per_completion']:.3f} | {lat['median']:.1f} / {lat['p99']:.1f} "
                      f"| **{row['ratio_paired_median']:.3f}**, {row['ratio_totals']:.3f} | {added * 1000:+.0f} µs "
+                     f"| {row['hub_cpu_ms']:.3f} / {row['postgres_cpu_ms']:.3f} | {row['records_per_commit'] or 0:.2f} "
                      f"| {'yes' if row['chain_ok'] else 'NO'} ({row['verify'].get('records_checked')} records) |")
     lines += ["", "#### Target", ""]
     for name, row in results.items():
@@ -224,6 +274,7 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=400, help="completions per hub per round (default 400)")
     parser.add_argument("--warmup", type=int, default=200, help="untimed completions per hub first (default 200)")
     parser.add_argument("--budget", type=float, default=600.0, help="abort after this many seconds (default 600)")
+    parser.add_argument("--linger", type=float, help="audit_linger of the audited hubs (default: the hub's default)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args()
     report = anyio.run(run, args)

@@ -18,8 +18,11 @@ Both offer the same small async interface, so an owner of tables writes its SQL 
   an exception. On SQLite every write transaction is BEGIN IMMEDIATE on one connection
   (SQLite has a single writer anyway); reads outside transactions use a second connection.
 - `run(steps)` runs a transaction written as a generator of `(method, sql, params)` that
-  receives each statement's result: the same code for both dialects, and on SQLite the whole
-  transaction is one call in a worker thread instead of one per statement (hot paths).
+  receives each statement's result: the same code for both dialects, and one call in a worker
+  thread instead of one per statement (hot paths). On SQLite with synchronous=normal, when the
+  write lock is free, it even runs on the event loop: such a commit is a few write() calls
+  into the page cache, cheaper than the hand-off to a thread; WAL checkpoints (which fsync)
+  then run in a worker thread every CHECKPOINT_EVERY commits.
 
 Example::
 
@@ -39,6 +42,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
@@ -53,6 +57,8 @@ import anyio
 import anyio.to_thread
 
 from .errors import ConfigError
+
+log = logging.getLogger("mcp_hub.database")
 
 Row = dict[str, Any]
 Params = Sequence[Any]
@@ -181,15 +187,21 @@ def _rows(cursor: sqlite3.Cursor) -> list[Row]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-class _SQLiteConnection:
-    """One sqlite3 connection used from worker threads, one operation at a time."""
+BUSY_MS = 30_000  # how long a writer waits for another process's write lock (in a worker thread)
+CHECKPOINT_EVERY = 256  # inline commits between WAL checkpoints (which fsync: run in a worker thread)
 
-    def __init__(self, path: Path, synchronous: str) -> None:
+
+class _SQLiteConnection:
+    """One sqlite3 connection used from worker threads (and, for `run`, the event loop), one operation at a time."""
+
+    def __init__(self, path: Path, synchronous: str, *, busy_ms: int = BUSY_MS, autocheckpoint: bool = True) -> None:
         # Autocommit mode (isolation_level=None): transactions are the explicit BEGIN/COMMIT below.
-        self.raw = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self.raw = sqlite3.connect(path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False)
         self.raw.execute("PRAGMA journal_mode=WAL")
         self.raw.execute(f"PRAGMA synchronous={_SYNCHRONOUS[synchronous]}")
-        self.raw.execute("PRAGMA busy_timeout=30000")
+        self.raw.execute(f"PRAGMA busy_timeout={busy_ms}")
+        if not autocheckpoint:
+            self.raw.execute("PRAGMA wal_autocheckpoint=0")
         self.lock = anyio.Lock()
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -213,6 +225,24 @@ class _SQLiteTransaction:
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
+
+
+def _try_begin(raw: sqlite3.Connection) -> bool:
+    """BEGIN IMMEDIATE if no other process holds the write lock (busy_timeout is 0: never waits)."""
+    try:
+        raw.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:  # "database is locked"
+        return False
+    return True
+
+
+def _begin_waiting(raw: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, waiting up to BUSY_MS for another process's write lock (worker threads only)."""
+    raw.execute(f"PRAGMA busy_timeout={BUSY_MS}")
+    try:
+        raw.execute("BEGIN IMMEDIATE")
+    finally:
+        raw.execute("PRAGMA busy_timeout=0")
 
 
 def _fetch_one(raw: sqlite3.Connection, sql: str, params: Params) -> Row | None:
@@ -239,13 +269,18 @@ class SQLiteDatabase:
             raise ConfigError("sqlite_synchronous must be normal or full")
         self.path = path
         self.synchronous = synchronous
+        # With synchronous=normal a commit is a few write() calls into the page cache: `run`
+        # then commits on the event loop itself, cheaper than a hand-off to a worker thread.
+        self.inline = synchronous == "normal"
+        self._commits = 0
         self._writer: _SQLiteConnection | None = None
         self._reader: _SQLiteConnection | None = None
 
     async def __aenter__(self) -> SQLiteDatabase:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._writer = await anyio.to_thread.run_sync(_SQLiteConnection, self.path, self.synchronous)
+            self._writer = await anyio.to_thread.run_sync(
+                lambda: _SQLiteConnection(self.path, self.synchronous, busy_ms=0, autocheckpoint=not self.inline))
             self._reader = await anyio.to_thread.run_sync(_SQLiteConnection, self.path, self.synchronous)
         except sqlite3.Error as exc:
             await self.__aexit__(None, None, None)
@@ -269,7 +304,7 @@ class SQLiteDatabase:
     async def transaction(self) -> AsyncIterator[Transaction]:
         writer = self._open(self._writer)
         async with writer.lock:
-            await writer.run(lambda raw: raw.execute("BEGIN IMMEDIATE"))
+            await writer.run(_begin_waiting)
             try:
                 yield _SQLiteTransaction(writer)
             except BaseException:
@@ -282,8 +317,7 @@ class SQLiteDatabase:
     async def run(self, steps: Steps[T]) -> T:
         writer = self._open(self._writer)
 
-        def whole(raw: sqlite3.Connection) -> T:
-            raw.execute("BEGIN IMMEDIATE")
+        def body(raw: sqlite3.Connection) -> T:  # after BEGIN
             try:
                 result = drive(steps, lambda method, sql, params: _SYNC[method](raw, sql, params))
             except BaseException:
@@ -292,8 +326,27 @@ class SQLiteDatabase:
             raw.execute("COMMIT")
             return result
 
+        def whole(raw: sqlite3.Connection) -> T:
+            _begin_waiting(raw)
+            return body(raw)
+
         async with writer.lock:
-            return await writer.run(whole)  # not cancellable half-way: the thread finishes the transaction
+            inline = self.inline and _try_begin(writer.raw)
+            result = body(writer.raw) if inline else await writer.run(whole)  # a thread is not cancelled half-way
+        if inline:
+            self._commits += 1
+            if self._commits % CHECKPOINT_EVERY == 0:
+                await self._checkpoint()
+        return result
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL into the database file (and fsync it), off the event loop, not blocking writers."""
+        reader = self._open(self._reader)
+        try:
+            async with reader.lock:
+                await reader.run(lambda raw: raw.execute("PRAGMA wal_checkpoint(PASSIVE)"))
+        except sqlite3.Error as exc:  # the commit stands; the next checkpoint catches up
+            log.warning("records database: WAL checkpoint failed: %s", type(exc).__name__)
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
         reader = self._open(self._reader)

@@ -36,6 +36,7 @@ class HubMetrics:
                                    ["provider", "outcome"], registry=r)
         self.model_seconds = Histogram("mcp_hub_model_call_duration_seconds", "Model call time (streaming: whole stream).",
                                        ["provider"], buckets=_LATENCY, registry=r)
+        self._tool_children: dict[tuple[str, str, bool], tuple[Any, Any]] = {}
         self.audit_records = Counter("mcp_hub_audit_records", "Audit records committed.", registry=r)
         self.audit_commit_seconds = Histogram("mcp_hub_audit_commit_duration_seconds",
                                               "Time to commit one group of audit records.", buckets=_LATENCY, registry=r)
@@ -54,8 +55,13 @@ class HubMetrics:
             self.errors.labels(code or f"http_{status}", "http").inc()
 
     def tool_call(self, server: str, tool: str, seconds: float, error_code: str | None, is_error: bool) -> None:
-        self.tool_calls.labels(server, tool, "error" if is_error else "ok").inc()
-        self.tool_seconds.labels(server, tool).observe(seconds)
+        key = (server, tool, is_error)
+        children = self._tool_children.get(key)
+        if children is None:  # labels() takes a lock and builds tuples: once per label set
+            children = self._tool_children[key] = (self.tool_calls.labels(server, tool, "error" if is_error else "ok"),
+                                                   self.tool_seconds.labels(server, tool))
+        children[0].inc()
+        children[1].observe(seconds)
         if is_error:
             self.errors.labels(error_code or "tool_error", "tool").inc()
 

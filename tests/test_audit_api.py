@@ -219,7 +219,9 @@ async def test_two_hubs_sharing_a_database_keep_one_chain(backend: str, request:
                 tg.start_soon(calls, one, f"one-{n}")
                 tg.start_soon(calls, two, f"two-{n}")
         report = (await one.get("/v1/audit/verify")).json()
-        assert report["ok"] is True and report["records_checked"] == 48
+        kinds = [record["kind"] for record in await records(one, limit="500")]
+        # Every call is a record (a server that failed to start under load adds a server_error record too).
+        assert kinds.count("tool_call") == 48 and report["ok"] is True and report["records_checked"] == len(kinds)
         assert (await two.get("/v1/audit/verify")).json()["head"] == report["head"]
 
 
@@ -237,3 +239,17 @@ async def test_metrics_and_request_ids(client: tuple[httpx2.AsyncClient, Hub], s
     assert 'mcp_hub_errors_total{code="server_not_found",where="http"} 1.0' in text
     assert 'route="/v1/servers/{org}/{name}",status="404"' in text and "mcp_hub_audit_records_total 2.0" in text
     assert "metric-marker" not in text and "/v1/servers/test/nope" not in text
+
+
+async def test_a_record_that_cannot_be_committed_withholds_the_result(client: tuple[httpx2.AsyncClient, Hub],
+                                                                      scripted_model: ScriptedModel,
+                                                                      tmp_path: Path) -> None:
+    http, _ = client
+    with sqlite3.connect(tmp_path / "data" / "records.sqlite3") as db:
+        db.execute("DROP TABLE audit_records")  # every insert fails from now on
+    call = await http.post("/v1/tools/call", json={"server": "test/plain", "tool": "echo", "arguments": {"text": "x"}})
+    assert call.status_code == 503 and call.json()["error"]["code"] == "audit_unavailable"
+    assert call.headers["x-should-retry"] == "false" and '"x"' not in call.text
+    scripted_model.responder = ToolThenAnswer(tool="__echo", arguments={"text": "pong"}, answer="It said {result}")
+    completion = await http.post("/v1/chat/completions", json=ask(mcp_servers=["test/plain"]))
+    assert completion.status_code == 503 and completion.json()["error"]["code"] == "audit_unavailable"

@@ -63,13 +63,15 @@ def _not_blank(png: bytes, path: Path) -> None:
 
 
 def test_console_shows_marketplace_executions_and_chain(browser: object, tmp_path: Path) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver: WebDriver = browser  # type: ignore[assignment]
-    wait = WebDriverWait(driver, 20)
+    # A table the console re-renders while a condition reads it raises StaleElementReference: poll again.
+    wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
     settings = Settings.load(data_dir=tmp_path / "data", restart_backoff=0.05)
     registry = Registry.from_data({"servers": {"test/probe": probe_entry()}}, root=ROOT)
     key = create_key_now(settings, "acme", "console", "admin")

@@ -125,3 +125,33 @@ async def test_run_executes_a_generator_transaction(database: Database) -> None:
     assert rows == [{"id": "a", "n": 11}, {"id": "a2", "n": 2}]
     async with database.transaction() as tx:  # the connection is usable after the failures
         assert await tx.execute("DELETE FROM notes WHERE id = ?", ("a2",)) == 1
+
+
+def _note(key: str):  # type: ignore[no-untyped-def]
+    yield ("send", "INSERT INTO notes (id, body, n) VALUES (?, ?, ?)", (key, "", 0))
+
+
+async def test_sqlite_run_waits_for_another_writer_off_the_event_loop(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run` commits on the event loop only when the write lock is free; else it waits in a thread."""
+    import mcp_hub.database as database_module
+
+    monkeypatch.setattr(database_module, "CHECKPOINT_EVERY", 2)
+    path = tmp_path / "shared.sqlite3"
+    async with open_database(None, path) as one, open_database(None, path) as two:
+        await one.migrate("notes", STEPS)
+        for key in ("w1", "w2", "w3"):  # inline commits, with a checkpoint in a worker thread
+            await two.run(_note(key))
+        done = anyio.Event()
+
+        async def write() -> None:
+            await two.run(_note("waited"))
+            done.set()
+
+        async with anyio.create_task_group() as tg, one.transaction() as tx:  # another connection holds the write lock
+            await tx.execute("INSERT INTO notes (id, body, n) VALUES (?, ?, ?)", ("first", "", 0))
+            tg.start_soon(write)
+            await anyio.wait_all_tasks_blocked()
+            assert not done.is_set()  # waiting (in a thread), not failed
+        rows = await one.fetch_all("SELECT id FROM notes ORDER BY id")
+    assert [row["id"] for row in rows] == ["first", "w1", "w2", "w3", "waited"]

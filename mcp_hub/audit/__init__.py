@@ -32,9 +32,10 @@ class AuditTrail:
     """The store plus its writer and retention task; an async context manager."""
 
     def __init__(self, database: Database, *, max_batch: int = 512, retention_days: float | None = None,
-                 on_commit: Callable[[int, float], None] | None = None) -> None:
+                 on_commit: Callable[[int, float], None] | None = None, producers: Callable[[], int] | None = None,
+                 linger: float = 0.0) -> None:
         self.store = AuditStore(database)
-        self.writer = AuditWriter(self.store, max_batch, on_commit)
+        self.writer = AuditWriter(self.store, max_batch, on_commit, producers=producers, linger=linger)
         self.retention = retention_days * 86400 if retention_days else None
         self._tg: TaskGroup | None = None
 

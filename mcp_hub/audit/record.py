@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
-import uuid
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
@@ -114,7 +114,8 @@ def server_ref(session: ManagedSession | None) -> str | None:
 
 
 def _new_id() -> str:
-    return f"audit_{uuid.uuid4().hex}"
+    """Time-ordered (so that new ids append to the index) and unguessable: `audit_<µs hex><64 random bits>`."""
+    return f"audit_{time.time_ns() // 1000:014x}{os.urandom(8).hex()}"
 
 
 class ToolHashes:

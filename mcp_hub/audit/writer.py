@@ -1,8 +1,10 @@
 """Group commit: callers hand records over and wait until they are committed; one flusher commits.
 
 While one transaction is being committed, the records of every caller that arrives queue
-up; the next transaction takes all of them (up to `max_batch` records). Under load, many
-concurrent requests share one commit (and one fsync); an idle hub commits at once.
+up; the next transaction takes all of them (up to `max_batch` records). And when other tool
+executions are still running (`producers()`, like PostgreSQL's `commit_delay` with
+`commit_siblings`), the flusher waits for their records up to `linger` seconds before it
+commits, so that concurrent requests share one transaction. An idle hub commits at once.
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ class AuditWriter:
     """Commits records in batches; `run()` is the flusher task, `write()` is for any task."""
 
     def __init__(self, store: AuditStore, max_batch: int = 512,
-                 on_commit: Callable[[int, float], None] | None = None) -> None:
+                 on_commit: Callable[[int, float], None] | None = None, *,
+                 producers: Callable[[], int] | None = None, linger: float = 0.0) -> None:
         self.store = store
         self.max_batch = max_batch
+        self._producers = producers  # tool executions whose records are still to come
+        self._linger = linger
         self._on_commit = on_commit  # (records, seconds) of each committed transaction, for metrics
         self._queue: deque[_Waiting] = deque()
         self._wake = anyio.Event()
@@ -69,6 +74,8 @@ class AuditWriter:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
+            if self._linger and self._producers is not None and not self._closing:
+                await self._gather()
             while self._queue:
                 batch: list[_Waiting] = []
                 size = 0
@@ -78,6 +85,14 @@ class AuditWriter:
                 await self._commit(batch)
             if self._closing:
                 return
+
+    async def _gather(self) -> None:
+        """Wait (at most `linger`) while other executions are about to hand over records."""
+        assert self._producers is not None
+        with anyio.move_on_after(self._linger):
+            while self._producers() > 0 and sum(len(w.records) for w in self._queue) < self.max_batch:
+                await self._wake.wait()
+                self._wake = anyio.Event()
 
     async def _commit(self, batch: list[_Waiting]) -> None:
         records = [record for waiting in batch for record in waiting.records]
