@@ -95,6 +95,11 @@ def spent(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
 
 
+def audit_writers(hub_pid: int) -> list[psutil.Process]:
+    """The hub's audit writer process (none when auditing is off)."""
+    return [p for p in psutil.Process(hub_pid).children() if "mcp_hub.audit.child" in " ".join(p.cmdline())]
+
+
 def postgres_processes() -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["name"]) if (p.info.get("name") or "").startswith("postgres")]
 
@@ -144,7 +149,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"meta": {
         "python": platform.python_version(), "mcp": package_version("mcp"), "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "clients": args.clients, "rounds": args.rounds,
-        "per_round": args.per_round, "linger": args.linger, "loadavg_at_start": os.getloadavg()}}
+        "per_round": args.per_round, "commit_delay": args.commit_delay, "loadavg_at_start": os.getloadavg()}}
     write_registry(tmp / "registry.yaml")
     procs: list[subprocess.Popen[bytes]] = []
     cleanup: list[Callable[[], None]] = []
@@ -155,7 +160,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                            clean_env()))
         script = ScriptClient(model_url)
         script_model(script)
-        tuning = {"MCP_HUB_AUDIT_LINGER": str(args.linger)} if args.linger is not None else {}
+        tuning = {"MCP_HUB_AUDIT_COMMIT_DELAY": str(args.commit_delay)} if args.commit_delay is not None else {}
         variants: dict[str, dict[str, str]] = {"off": {"MCP_HUB_AUDIT_ENABLED": "false"}, "sqlite": tuning}
         pg = postgres_schema()
         if pg is not None:
@@ -179,18 +184,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             reset_model(script)
             # CPU of each hub process (the event loop and its threads) and of every PostgreSQL process.
             hub_ps = {name: [psutil.Process(proc.pid)] for name, proc in hub_procs.items()}
+            writer_ps = {name: audit_writers(proc.pid) for name, proc in hub_procs.items()}
             pg_ps = postgres_processes()
-            cpu: dict[str, list[float]] = {name: [0.0, 0.0] for name in hubs}  # hub, postgres
+            cpu: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in hubs}  # hub, postgres, audit writer
             walls: dict[str, list[float]] = {name: [] for name in hubs}
             latencies: dict[str, list[float]] = {name: [] for name in hubs}
             names = list(hubs)
             for round_ in range(args.rounds):
                 order = names[round_ % len(names):] + names[:round_ % len(names)]
                 for name in order:
-                    hub0, pg0 = cpu_seconds(hub_ps[name]), cpu_seconds(pg_ps)
+                    hub0, pg0, writer0 = cpu_seconds(hub_ps[name]), cpu_seconds(pg_ps), cpu_seconds(writer_ps[name])
                     wall, lat = await block(fns[name], args.per_round)
                     cpu[name][0] += spent(hub0, cpu_seconds(hub_ps[name]))
                     cpu[name][1] += spent(pg0, cpu_seconds(pg_ps))
+                    cpu[name][2] += spent(writer0, cpu_seconds(writer_ps[name]))
                     walls[name].append(wall)
                     latencies[name] += lat
                 reset_model(script)  # the model server keeps every request: forget them
@@ -214,6 +221,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results[name] = {"ms_per_completion": sum(walls[name]) * 1000 / timed,
                          "ms_per_completion_rounds": per, "latency": summary(latencies[name]),
                          "hub_cpu_ms": cpu[name][0] * 1000 / timed, "postgres_cpu_ms": cpu[name][1] * 1000 / timed,
+                         "writer_cpu_ms": cpu[name][2] * 1000 / timed,
                          "records_per_commit": records_per_commit(metrics[name])}
         if name != "off":
             ratios = [a / b for a, b in zip(walls[name], walls["off"], strict=True)]
@@ -245,18 +253,20 @@ def markdown(report: dict[str, Any]) -> str:
              f"{m['clients']} concurrent clients, {m['rounds']} rounds × {m['per_round']} completions per hub, "
              f"total {m['total_s']:.0f} s, load average {m['loadavg_at_start'][0]:.2f} → {m['loadavg_at_end'][0]:.2f}", "",
              "| audit | ms per completion (wall / count) | latency p50 / p99 ms | vs off: paired median, totals "
-             "| added per tool call | CPU ms per completion: hub / PostgreSQL | records per commit | chain verified |",
+             "| added per tool call | CPU ms per completion: hub / audit writer process / PostgreSQL | records per commit "
+             "| chain verified |",
              "|---|---|---|---|---|---|---|---|"]
     for name, row in results.items():
         lat = row["latency"]
         if name == "off":
             lines.append(f"| off | {row['ms_per_completion']:.3f} | {lat['median']:.1f} / {lat['p99']:.1f} | 1 | "
-                         f"| {row['hub_cpu_ms']:.3f} / {row['postgres_cpu_ms']:.3f} | | |")
+                         f"| {row['hub_cpu_ms']:.3f} / - / {row['postgres_cpu_ms']:.3f} | | |")
             continue
         added = row["ms_per_completion"] - off
         lines.append(f"| {name} | {row['ms_per_completion']:.3f} | {lat['median']:.1f} / {lat['p99']:.1f} "
                      f"| **{row['ratio_paired_median']:.3f}**, {row['ratio_totals']:.3f} | {added * 1000:+.0f} µs "
-                     f"| {row['hub_cpu_ms']:.3f} / {row['postgres_cpu_ms']:.3f} | {row['records_per_commit'] or 0:.2f} "
+                     f"| {row['hub_cpu_ms']:.3f} / {row['writer_cpu_ms']:.3f} / {row['postgres_cpu_ms']:.3f} "
+                     f"| {row['records_per_commit'] or 0:.2f} "
                      f"| {'yes' if row['chain_ok'] else 'NO'} ({row['verify'].get('records_checked')} records) |")
     lines += ["", "#### Target", ""]
     for name, row in results.items():
@@ -274,7 +284,8 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=400, help="completions per hub per round (default 400)")
     parser.add_argument("--warmup", type=int, default=200, help="untimed completions per hub first (default 200)")
     parser.add_argument("--budget", type=float, default=600.0, help="abort after this many seconds (default 600)")
-    parser.add_argument("--linger", type=float, help="audit_linger of the audited hubs (default: the hub's default)")
+    parser.add_argument("--commit-delay", type=float,
+                        help="audit_commit_delay of the audited hubs (default: the hub's default)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args()
     report = anyio.run(run, args)

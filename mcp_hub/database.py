@@ -129,6 +129,12 @@ class Database(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
 
+    def blocking_writer(self) -> BlockingWriter:
+        """A synchronous writer on the same database, for another process (`open_blocking_writer(**where())`)."""
+
+    def where(self) -> dict[str, Any]:
+        """What `open_blocking_writer` needs to reach this database (JSON; a URL may hold a password)."""
+
     async def run(self, steps: Steps[T]) -> T:
         """Run the transaction `steps` (see the module docstring); commit, or roll back if it raises."""
 
@@ -162,6 +168,25 @@ def open_database(url: str | None, sqlite_path: Path, *, sqlite_synchronous: str
     from .database_pg import PostgresDatabase  # psycopg loads only when configured
 
     return PostgresDatabase(url)
+
+
+class BlockingWriter(Protocol):
+    """Transactions for a process or thread of their own (never the event loop): it blocks on locks."""
+
+    def run(self, steps: Steps[T]) -> T:
+        """Run the transaction `steps`; commit, or roll back if it raises."""
+
+    def close(self) -> None: ...
+
+
+def open_blocking_writer(url: str | None, sqlite_path: str | None, sqlite_synchronous: str = "normal") -> BlockingWriter:
+    """A synchronous writer on the same database as `open_database(url, sqlite_path)` (the audit writer process)."""
+    if url is None:
+        assert sqlite_path is not None
+        return _SQLiteBlockingWriter(Path(sqlite_path), sqlite_synchronous)
+    from .database_pg import PostgresBlockingWriter
+
+    return PostgresBlockingWriter(url)
 
 
 async def _apply(tx: Transaction, dialect: Dialect, owner: str, steps: Sequence[Migration]) -> None:
@@ -202,7 +227,7 @@ class _SQLiteConnection:
         self.raw.execute(f"PRAGMA busy_timeout={busy_ms}")
         if not autocheckpoint:
             self.raw.execute("PRAGMA wal_autocheckpoint=0")
-        self.lock = anyio.Lock()
+        self.lock = anyio.Lock(fast_acquire=True)  # no yield to the event loop when it is free (the hot path)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await anyio.to_thread.run_sync(fn, self.raw)
@@ -257,6 +282,28 @@ _SYNC: dict[str, Callable[[sqlite3.Connection, str, Any], Any]] = {
     "fetch_one": _fetch_one,
     "fetch_all": lambda raw, sql, params: _rows(raw.execute(sql, tuple(params))),
 }
+
+
+class _SQLiteBlockingWriter:
+    """One connection that waits for the write lock (up to BUSY_MS), like any other writer of the file."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self._raw = sqlite3.connect(path, timeout=BUSY_MS / 1000, isolation_level=None)
+        self._raw.execute(f"PRAGMA synchronous={_SYNCHRONOUS[synchronous]}")
+
+    def run(self, steps: Steps[T]) -> T:
+        raw = self._raw
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            result = drive(steps, lambda method, sql, params: _SYNC[method](raw, sql, params))
+        except BaseException:
+            raw.execute("ROLLBACK")
+            raise
+        raw.execute("COMMIT")
+        return result
+
+    def close(self) -> None:
+        self._raw.close()
 
 
 class SQLiteDatabase:
@@ -338,6 +385,12 @@ class SQLiteDatabase:
             if self._commits % CHECKPOINT_EVERY == 0:
                 await self._checkpoint()
         return result
+
+    def blocking_writer(self) -> BlockingWriter:
+        return _SQLiteBlockingWriter(self.path, self.synchronous)
+
+    def where(self) -> dict[str, Any]:
+        return {"url": None, "sqlite_path": str(self.path.resolve()), "sqlite_synchronous": self.synchronous}
 
     async def _checkpoint(self) -> None:
         """Copy the WAL into the database file (and fsync it), off the event loop, not blocking writers."""

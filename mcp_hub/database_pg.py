@@ -20,7 +20,20 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .database import _MIGRATION_LOCK, Dialect, Method, Migration, Params, Row, Steps, T, Transaction, _apply, redacted
+from .database import (
+    _MIGRATION_LOCK,
+    BlockingWriter,
+    Dialect,
+    Method,
+    Migration,
+    Params,
+    Row,
+    Steps,
+    T,
+    Transaction,
+    _apply,
+    redacted,
+)
 from .errors import ConfigError
 
 Connection = psycopg.Connection[Row]
@@ -106,6 +119,22 @@ class _PostgresTransaction:
         return row
 
 
+class PostgresBlockingWriter:
+    """One connection of its own (autocommit outside the explicit transactions), for the audit writer process."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            self._connection: Connection = psycopg.Connection.connect(url, autocommit=True, row_factory=dict_row)
+        except psycopg.Error as exc:
+            raise ConfigError(f"cannot connect to the records database {redacted(url)}: {type(exc).__name__}") from None
+
+    def run(self, steps: Steps[T]) -> T:
+        return _run_batched(self._connection, steps)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
 class PostgresDatabase:
     """`Database` on PostgreSQL; connections are in autocommit mode outside transactions."""
 
@@ -164,6 +193,12 @@ class PostgresDatabase:
                 return _run_batched(connection, steps)
 
         return await anyio.to_thread.run_sync(whole)  # not cancellable half-way
+
+    def blocking_writer(self) -> BlockingWriter:
+        return PostgresBlockingWriter(self.url)
+
+    def where(self) -> dict[str, Any]:
+        return {"url": self.url, "sqlite_path": None}
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
         def query() -> list[Row]:

@@ -122,7 +122,6 @@ class Hub:
         self._audit: AuditTrail | None = None  # None: not running, or `audit_enabled` is off
         self.metrics = HubMetrics()
         self._tool_hashes = ToolHashes()
-        self._executing = 0  # tool executions running now, whose audit records are still to come
         self.metrics.gauges(lambda: self.status() if self._pool is not None else {})
 
     @property
@@ -231,8 +230,8 @@ class Hub:
             self._keys = await KeyStore(self._database).open(legacy=self.settings.keys_path)
             if self.settings.audit_enabled:
                 trail = AuditTrail(self._database, max_batch=self.settings.audit_batch_max,
-                                   retention_days=self.settings.audit_retention_days, on_commit=self.metrics.audit_commit,
-                                   producers=lambda: self._executing, linger=self.settings.audit_linger)
+                                   commit_delay=self.settings.audit_commit_delay,
+                                   retention_days=self.settings.audit_retention_days, on_commit=self.metrics.audit_commit)
                 self._audit = await stack.enter_async_context(trail)
             if self.settings.rate_limit_per_minute:
                 self.limiter = self._state.limiter(self.settings.rate_limit_per_minute, self.settings.rate_limit_burst)
@@ -354,11 +353,7 @@ class Hub:
     async def execute(self, calls: Sequence[ToolCall], servers: Servers, *, parallel: bool = True,
                       context: CallContext | None = None) -> Batch:
         """Run `calls` on `servers`; `context` says for whom and within what (the audit trail's fields)."""
-        self._executing += 1
-        try:
-            batch = await self.executor.run(calls, servers.sessions, parallel=parallel)
-        finally:
-            self._executing -= 1
+        batch = await self.executor.run(calls, servers.sessions, parallel=parallel)
         for name, error in batch.server_errors.items():
             servers.errors.setdefault(name, error)
         await self._record(batch.results, servers, context)
@@ -395,12 +390,8 @@ class Hub:
             raise RequestError("`server` names exactly one server", param="server")
         servers = self.open_servers(server, credentials, tenant=tenant)
         name = next(iter(servers.sessions), None) or next(iter(servers.errors), str(server))
-        self._executing += 1
-        try:
-            result = await self.executor.call(ToolCall(server=name, tool=tool, arguments=arguments),
-                                              servers.sessions.get(name), servers.errors)
-        finally:
-            self._executing -= 1
+        result = await self.executor.call(ToolCall(server=name, tool=tool, arguments=arguments),
+                                          servers.sessions.get(name), servers.errors)
         await self._record([result], servers, context or CallContext(tenant=tenant, source="direct"))
         return result, servers
 

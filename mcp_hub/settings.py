@@ -138,9 +138,9 @@ class Settings(BaseSettings):
         16 * 1024, ge=256, description="A recorded result (or arguments) JSON over this is cut; its full size and "
         "SHA-256 are recorded.")
     audit_batch_max: int = Field(512, ge=1, description="Most records committed in one transaction (group commit).")
-    audit_linger: float = Field(
-        0.002, ge=0, le=1, description="Seconds the audit writer may wait for the records of tool executions still "
-        "running before it commits (only while there are some): fewer, larger transactions under load.")
+    audit_commit_delay: float = Field(
+        0.015, ge=0, le=0.5, description="Seconds an audit transaction may wait for more records while the hub is "
+        "busy (its last commit was less than twice this ago): fewer commits under load; 0: never wait.")
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per log line, each with the request's X-Request-Id.")
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
-import mcp.types as types
+if TYPE_CHECKING:  # the audit writer process imports this module's neighbours without the MCP SDK
+    import mcp.types as types
 
 
 def tool_hash(tool: types.Tool) -> str:

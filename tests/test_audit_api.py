@@ -253,3 +253,24 @@ async def test_a_record_that_cannot_be_committed_withholds_the_result(client: tu
     scripted_model.responder = ToolThenAnswer(tool="__echo", arguments={"text": "pong"}, answer="It said {result}")
     completion = await http.post("/v1/chat/completions", json=ask(mcp_servers=["test/plain"]))
     assert completion.status_code == 503 and completion.json()["error"]["code"] == "audit_unavailable"
+
+
+async def test_a_dead_writer_process_is_replaced(client: tuple[httpx2.AsyncClient, Hub]) -> None:
+    """The writer process dies between two calls: the next write starts a new one; nothing is lost."""
+    http, hub = client
+
+    async def call(text: str) -> httpx2.Response:
+        return await http.post("/v1/tools/call", json={"server": "test/plain", "tool": "echo", "arguments": {"text": text}})
+
+    assert (await call("before")).status_code == 200
+    process = hub.audit.writer._process
+    assert process is not None
+    process.kill()
+    await process.wait()
+    after = await call("after")
+    assert after.status_code == 200, after.text
+    assert hub.audit.writer._process is not None and hub.audit.writer._process.pid != process.pid
+    report = (await http.get("/v1/audit/verify")).json()
+    assert report["ok"] is True and report["records_checked"] == 2
+    listed = (await http.get("/v1/audit/tool-calls")).json()["data"]
+    assert [record["arguments"]["text"] for record in listed] == ["after", "before"]

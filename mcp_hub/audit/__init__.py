@@ -31,19 +31,20 @@ PRUNE_EVERY = 3600.0  # seconds between retention runs (capped at a tenth of the
 class AuditTrail:
     """The store plus its writer and retention task; an async context manager."""
 
-    def __init__(self, database: Database, *, max_batch: int = 512, retention_days: float | None = None,
-                 on_commit: Callable[[int, float], None] | None = None, producers: Callable[[], int] | None = None,
-                 linger: float = 0.0) -> None:
+    def __init__(self, database: Database, *, max_batch: int = 512, commit_delay: float = 0.0,
+                 retention_days: float | None = None, on_commit: Callable[[int, float], None] | None = None) -> None:
+        """`database` serves queries, verification and retention; the writer process opens a connection
+        of its own to the same database."""
         self.store = AuditStore(database)
-        self.writer = AuditWriter(self.store, max_batch, on_commit, producers=producers, linger=linger)
+        self.writer = AuditWriter(database.where(), max_batch=max_batch, commit_delay=commit_delay, on_commit=on_commit)
         self.retention = retention_days * 86400 if retention_days else None
         self._tg: TaskGroup | None = None
 
     async def __aenter__(self) -> AuditTrail:
         await self.store.migrate()
+        await self.writer.start()
         tg = anyio.create_task_group()
         await tg.__aenter__()
-        tg.start_soon(self.writer.run)
         if self.retention is not None:
             tg.start_soon(self._prune_periodically, self.retention)
         self._tg = tg
@@ -54,9 +55,8 @@ class AuditTrail:
         tg, self._tg = self._tg, None
         if tg is None:
             return
-        self.writer.close()  # the flusher commits what is queued, then returns
         with anyio.CancelScope(shield=True):
-            await self.writer.finished.wait()
+            await self.writer.stop()  # the writer process commits what it got, then ends
         tg.cancel_scope.cancel()  # the retention task
         await tg.__aexit__(None, None, None)  # an exception of the body propagates by itself
 

@@ -15,13 +15,15 @@ import time
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ..errors import ServerError
-from ..executor import CallContext, ToolResult
-from ..sessions import ManagedSession
 from ..tool_hash import tool_hash
+
+if TYPE_CHECKING:  # annotations only: the audit writer process (child.py) must not import the MCP SDK
+    from ..errors import ServerError
+    from ..executor import CallContext, ToolResult
+    from ..sessions import ManagedSession
 
 GENESIS = "0" * 64  # the "previous hash" of a tenant's first record
 TOOL_CALL, SERVER_ERROR = "tool_call", "server_error"

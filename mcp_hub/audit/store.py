@@ -140,10 +140,11 @@ class AuditStore:
 
     async def append(self, records: Sequence[AuditRecord]) -> None:
         """Chain `records` onto their tenants' chains and commit them in one transaction."""
-        await self.database.run(self._append(records))
+        await self.database.run(self.chain_and_insert(records))
 
     @staticmethod
-    def _append(records: Sequence[AuditRecord]) -> Steps[None]:
+    def chain_and_insert(records: Sequence[AuditRecord]) -> Steps[None]:
+        """The transaction of `append`: the records chained onto their tenants' heads, inserted."""
         by_tenant: dict[str, list[AuditRecord]] = {}
         for record in records:
             by_tenant.setdefault(record.tenant, []).append(record)

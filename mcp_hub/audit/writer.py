@@ -1,111 +1,152 @@
-"""Group commit: callers hand records over and wait until they are committed; one flusher commits.
+"""Group commit in a writer process: callers hand records over and wait until they are committed.
 
-While one transaction is being committed, the records of every caller that arrives queue
-up; the next transaction takes all of them (up to `max_batch` records). And when other tool
-executions are still running (`producers()`, like PostgreSQL's `commit_delay` with
-`commit_siblings`), the flusher waits for their records up to `linger` seconds before it
-commits, so that concurrent requests share one transaction. An idle hub commits at once.
+The hub starts one writer process (`child.py`) per audit trail and writes each caller's
+records to its stdin as one JSON line; the child commits whatever has arrived in one
+transaction and acknowledges it; a reader task here resolves the callers' futures. So
+under load records share transactions by themselves, an idle hub commits at once, and the
+event loop's share of a record is encoding one line and one wake-up per transaction.
+
+If the child dies, the callers waiting on it get `AuditUnavailable` (the tool ran; its
+result is withheld) and the next write starts a new child. The futures are asyncio's: the
+hub runs on asyncio (uvicorn).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
-import time
-from collections import deque
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-
-import anyio
+from typing import Any
 
 from ..errors import AuditUnavailable
-from .record import AuditRecord
-from .store import AuditStore
+from .record import CONTENT, AuditRecord
 
 log = logging.getLogger("mcp_hub.audit")
 
-
-@dataclass
-class _Waiting:
-    records: Sequence[AuditRecord]
-    done: anyio.Event = field(default_factory=anyio.Event)
-    error: BaseException | None = None
+SENT = tuple(name for name in CONTENT if name not in ("seq", "prev_hash"))  # the child chains the records
+START_TIMEOUT = 30.0  # seconds for the child to start and open its connection
+STOP_TIMEOUT = 30.0  # seconds the child may take to commit what is queued at shutdown
+BUFFER_LIMIT = 1 << 20  # bytes queued for the child before a writer waits for the pipe to drain
 
 
 class AuditWriter:
-    """Commits records in batches; `run()` is the flusher task, `write()` is for any task."""
+    """The hub's side of the writer process; `start()` and `stop()` on the hub's lifespan."""
 
-    def __init__(self, store: AuditStore, max_batch: int = 512,
-                 on_commit: Callable[[int, float], None] | None = None, *,
-                 producers: Callable[[], int] | None = None, linger: float = 0.0) -> None:
-        self.store = store
-        self.max_batch = max_batch
-        self._producers = producers  # tool executions whose records are still to come
-        self._linger = linger
+    def __init__(self, where: dict[str, Any], *, max_batch: int = 512, commit_delay: float = 0.0,
+                 on_commit: Callable[[int, float], None] | None = None) -> None:
+        """`where`: `Database.where()`, the database the child opens (`open_blocking_writer(**where)`);
+        `commit_delay`: how long a transaction may wait for more writes while the hub is busy."""
+        self._config = {"where": where, "max_batch": max_batch, "commit_delay": commit_delay}
         self._on_commit = on_commit  # (records, seconds) of each committed transaction, for metrics
-        self._queue: deque[_Waiting] = deque()
-        self._wake = anyio.Event()
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._next_id = 0
         self._closing = False
-        self.finished = anyio.Event()  # set when `run()` has returned
+        self._starting = asyncio.Lock()
+
+    async def start(self) -> None:
+        await self._spawn()
+
+    async def stop(self) -> None:
+        """Refuse new records; return once the child has committed what it got and ended."""
+        self._closing = True
+        process, reader = self._process, self._reader
+        if process is None or process.stdin is None:
+            return
+        process.stdin.close()  # end of input: the child commits what arrived, acknowledges, exits
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            log.error("audit: the writer process did not finish within %g s; killed", STOP_TIMEOUT)
+            process.kill()
+            await process.wait()
+        if reader is not None:
+            await reader  # every acknowledgement read
+        self._process = self._reader = None
 
     async def write(self, records: Sequence[AuditRecord]) -> None:
         """Return once `records` are committed; `AuditUnavailable` if they could not be."""
         if self._closing:
             raise AuditUnavailable("the audit trail is closed: the hub is shutting down")
-        waiting = _Waiting(records)
-        self._queue.append(waiting)
-        self._wake.set()
-        await waiting.done.wait()  # cancelled (request timeout): the records are committed all the same
-        if waiting.error is not None:
-            raise AuditUnavailable("a tool ran but its audit record could not be committed; "
-                                   f"the result is withheld ({type(waiting.error).__name__})")
+        process = self._process
+        if process is None or process.returncode is not None:
+            process = await self._spawn()
+        assert process.stdin is not None
+        self._next_id += 1
+        ident = self._next_id
+        future = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieved)  # an error nobody awaits any more (cancelled caller) is not logged
+        self._pending[ident] = future
+        contents = [{name: getattr(record, name) for name in SENT} for record in records]
+        process.stdin.write(json.dumps({"id": ident, "records": contents}, separators=(",", ":")).encode() + b"\n")
+        if process.stdin.transport.get_write_buffer_size() > BUFFER_LIMIT:
+            await process.stdin.drain()
+        # Cancelled (request timeout, client gone): the records are committed all the same.
+        await asyncio.shield(future)
 
-    def close(self) -> None:
-        """Refuse new records; `run()` returns once the queued ones are committed."""
-        self._closing = True
-        self._wake.set()
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        async with self._starting:
+            if self._process is not None and self._process.returncode is None:
+                return self._process
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mcp_hub.audit.child", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE)
+            assert process.stdin is not None and process.stdout is not None
+            # The configuration (a database URL may hold a password) goes over the pipe, not argv or env.
+            process.stdin.write(json.dumps(self._config).encode() + b"\n")
+            try:
+                ready = json.loads(await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT) or b"{}")
+            except (TimeoutError, ValueError):
+                ready = {"error": "no answer"}
+            if ready.get("ready") is not True:
+                if process.returncode is None:
+                    process.kill()
+                await process.wait()
+                raise AuditUnavailable("the audit writer process could not open the records database "
+                                       f"({ready.get('error', 'it exited')})")
+            self._process = process
+            self._reader = asyncio.create_task(self._read(process, process.stdout))
+            return process
 
-    async def run(self) -> None:
+    async def _read(self, process: asyncio.subprocess.Process, stdout: asyncio.StreamReader) -> None:
+        """Resolve the futures the child acknowledges; when it ends, fail the ones it did not."""
         try:
-            await self._flush_until_closed()
+            async for line in stdout:
+                ack = json.loads(line)
+                error = None if ack["ok"] else AuditUnavailable(
+                    "a tool ran but its audit record could not be committed; "
+                    f"the result is withheld ({ack['error']})")
+                if error is not None:
+                    log.error("audit: could not commit %d writes: %s", len(ack["ids"]), ack["error"])
+                elif self._on_commit is not None:
+                    self._on_commit(ack["records"], ack["seconds"])
+                for ident in ack["ids"]:
+                    _settle(self._pending.pop(ident, None), error)
         finally:
-            self.finished.set()
+            await process.wait()
+            lost = [self._pending.pop(ident) for ident in list(self._pending)]
+            if lost:
+                log.error("audit: the writer process ended (status %s) with %d writes unacknowledged",
+                          process.returncode, len(lost))
+            for future in lost:
+                _settle(future, AuditUnavailable("a tool ran but the audit writer stopped before committing its "
+                                                 "record; the result is withheld"))
 
-    async def _flush_until_closed(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            if self._linger and self._producers is not None and not self._closing:
-                await self._gather()
-            while self._queue:
-                batch: list[_Waiting] = []
-                size = 0
-                while self._queue and (not batch or size + len(self._queue[0].records) <= self.max_batch):
-                    batch.append(self._queue.popleft())
-                    size += len(batch[-1].records)
-                await self._commit(batch)
-            if self._closing:
-                return
 
-    async def _gather(self) -> None:
-        """Wait (at most `linger`) while other executions are about to hand over records."""
-        assert self._producers is not None
-        with anyio.move_on_after(self._linger):
-            while self._producers() > 0 and sum(len(w.records) for w in self._queue) < self.max_batch:
-                await self._wake.wait()
-                self._wake = anyio.Event()
+def _settle(future: asyncio.Future[None] | None, error: BaseException | None) -> None:
+    if future is None or future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
-    async def _commit(self, batch: list[_Waiting]) -> None:
-        records = [record for waiting in batch for record in waiting.records]
-        started = time.perf_counter()
-        try:
-            await self.store.append(records)
-        except Exception as exc:  # the callers get AuditUnavailable; the flusher goes on
-            log.error("audit: could not commit %d records: %s", len(records), type(exc).__name__)
-            for waiting in batch:
-                waiting.error = exc
-        else:
-            if self._on_commit is not None:
-                self._on_commit(len(records), time.perf_counter() - started)
-        finally:
-            for waiting in batch:
-                waiting.done.set()
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        with contextlib.suppress(BaseException):
+            future.exception()

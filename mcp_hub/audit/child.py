@@ -1,0 +1,104 @@
+"""The audit writer process: chains and commits the records the hub hands over, and acknowledges them.
+
+The hub's event loop is its bottleneck under load; this process takes the hashing, the SQL
+and the commits off it (and off its GIL). The protocol is JSON lines:
+
+- hub -> child, first line: `{"where": Database.where(), "max_batch": int, "commit_delay": float}`; then one line per
+  `write()`: `{"id": int, "records": [record content, ...]}`.
+- child -> hub, first `{"ready": true}` once its connection is open (or `{"ready": false, "error": ...}`),
+  then one line per transaction: `{"ids": [int, ...], "ok": true, "records": n, "seconds": s}`
+  once those writes are committed, or `{"ids": [...], "ok": false, "error": "<exception type>"}`.
+
+Group commit happens here: every line that has arrived by the time a transaction starts
+joins it (up to `max_batch` writes). End of input (the hub closed the pipe, or died) ends
+the process once what arrived is committed. Nothing secret is written to stderr: errors
+are named by type only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import sys
+import time
+from typing import Any
+
+from ..database import BlockingWriter, open_blocking_writer
+from .record import AuditRecord
+from .store import AuditStore
+
+READ_SIZE = 1 << 20
+# Under load (the last commit was less than twice `commit_delay` ago) a transaction waits up to
+# `commit_delay` seconds (setting audit_commit_delay) for more writes, as PostgreSQL's
+# commit_delay does: fewer commits (and fsyncs), a little more latency per tool call. An idle
+# or lightly loaded hub's write commits at once.
+
+
+def _commit(writer: BlockingWriter, lines: list[bytes], out: Any) -> None:
+    messages = [json.loads(line) for line in lines]
+    ids = [message["id"] for message in messages]
+    records = [AuditRecord(**content) for message in messages for content in message["records"]]
+    started = time.perf_counter()
+    try:
+        writer.run(AuditStore.chain_and_insert(records))
+    except Exception as exc:  # reported to the hub, which withholds the results (AuditUnavailable)
+        ack = {"ids": ids, "ok": False, "error": type(exc).__name__}
+    else:
+        ack = {"ids": ids, "ok": True, "records": len(records), "seconds": time.perf_counter() - started}
+    out.write(json.dumps(ack, separators=(",", ":")).encode() + b"\n")
+    out.flush()
+
+
+def main() -> int:
+    stdin, out = sys.stdin.buffer.fileno(), sys.stdout.buffer
+    buffer = b""
+    while b"\n" not in buffer:
+        chunk = os.read(stdin, READ_SIZE)
+        if not chunk:
+            return 0
+        buffer += chunk
+    first, buffer = buffer.split(b"\n", 1)
+    config = json.loads(first)
+    max_batch = int(config["max_batch"])
+    delay = float(config["commit_delay"])
+    try:
+        writer = open_blocking_writer(**config["where"])
+    except Exception as exc:  # named, never printed: the message could hold the database's location
+        out.write(json.dumps({"ready": False, "error": type(exc).__name__}).encode() + b"\n")
+        out.flush()
+        return 1
+    out.write(b'{"ready":true}\n')
+    out.flush()
+    last_commit = 0.0
+    try:
+        while True:
+            if delay and time.monotonic() - last_commit < 2 * delay and buffer.count(b"\n") < max_batch:
+                buffer += _gather(stdin, delay)  # busy: let concurrent writes share the transaction
+            *lines, buffer = buffer.split(b"\n")
+            while lines:  # what arrived while the last transaction ran: one transaction (up to max_batch lines)
+                batch, lines = lines[:max_batch], lines[max_batch:]
+                _commit(writer, batch, out)
+                last_commit = time.monotonic()
+            chunk = os.read(stdin, READ_SIZE)  # blocks until the hub writes, or closes the pipe
+            if not chunk:
+                return 0
+            buffer += chunk
+    finally:
+        writer.close()
+
+
+def _gather(fd: int, seconds: float) -> bytes:
+    """What arrives on `fd` within `seconds` (less at end of input)."""
+    data = b""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0 and select.select([fd], [], [], left)[0]:
+        chunk = os.read(fd, READ_SIZE)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+if __name__ == "__main__":
+    sys.exit(main())
