@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -20,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__, audit_api, console, marketplace_api, openapi
 from .api_models import ToolCallRequest
 from .authentication import Authentication
-from .bodies import json_body
+from .bodies import json_body, validated
 from .chat_api import chat_completions, deferred_completion, list_models
 from .errors import CredentialError, Forbidden, HubError, RequestError, ResolutionError, ServerError
 from .executor import CallContext
@@ -41,17 +40,6 @@ def _hub(request: Request) -> Hub:
 
 def _tenant(request: Request) -> str:
     return request.state.principal.tenant
-
-
-def _validate(model: type[BaseModel], data: Any) -> Any:
-    if not isinstance(data, dict):
-        raise RequestError("request body must be a JSON object", code="invalid_request")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        raise RequestError(f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
 
 
 async def openapi_document(request: Request) -> JSONResponse:
@@ -114,7 +102,7 @@ async def get_server(request: Request) -> JSONResponse:
 
 async def call_tool(request: Request) -> JSONResponse:
     hub = _hub(request)
-    body: ToolCallRequest = _validate(ToolCallRequest, await json_body(request, hub.settings.max_body_bytes))
+    body: ToolCallRequest = validated(ToolCallRequest, await json_body(request, hub.settings.max_body_bytes))
     credentials = parse_credentials(body.credentials)
     principal = request.state.principal
     context = CallContext(tenant=principal.tenant, key_id=principal.key_id, request_id=f"call-{uuid.uuid4().hex[:24]}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from .errors import RequestError, TooLarge
@@ -39,3 +40,15 @@ def decode_json(raw: bytes) -> Any:
 
 async def json_body(request: Request, limit: int) -> Any:
     return decode_json(await read_body(request, limit))
+
+
+def validated(model: type[BaseModel], data: Any) -> Any:
+    """`data` as `model`, or a 400 naming the first bad field."""
+    if not isinstance(data, dict):
+        raise RequestError("request body must be a JSON object", code="invalid_request")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise RequestError(f"{param}: {first['msg']}" if param else first["msg"], param=param) from None

@@ -284,6 +284,17 @@ _SYNC: dict[str, Callable[[sqlite3.Connection, str, Any], Any]] = {
 }
 
 
+def _finish(raw: sqlite3.Connection, steps: Steps[T]) -> T:
+    """The transaction `steps` after its BEGIN: committed, or rolled back if it raises."""
+    try:
+        result = drive(steps, lambda method, sql, params: _SYNC[method](raw, sql, params))
+    except BaseException:
+        raw.execute("ROLLBACK")
+        raise
+    raw.execute("COMMIT")
+    return result
+
+
 class _SQLiteBlockingWriter:
     """One connection that waits for the write lock (up to BUSY_MS), like any other writer of the file."""
 
@@ -292,15 +303,8 @@ class _SQLiteBlockingWriter:
         self._raw.execute(f"PRAGMA synchronous={_SYNCHRONOUS[synchronous]}")
 
     def run(self, steps: Steps[T]) -> T:
-        raw = self._raw
-        raw.execute("BEGIN IMMEDIATE")
-        try:
-            result = drive(steps, lambda method, sql, params: _SYNC[method](raw, sql, params))
-        except BaseException:
-            raw.execute("ROLLBACK")
-            raise
-        raw.execute("COMMIT")
-        return result
+        self._raw.execute("BEGIN IMMEDIATE")
+        return _finish(self._raw, steps)
 
     def close(self) -> None:
         self._raw.close()
@@ -365,13 +369,7 @@ class SQLiteDatabase:
         writer = self._open(self._writer)
 
         def body(raw: sqlite3.Connection) -> T:  # after BEGIN
-            try:
-                result = drive(steps, lambda method, sql, params: _SYNC[method](raw, sql, params))
-            except BaseException:
-                raw.execute("ROLLBACK")
-                raise
-            raw.execute("COMMIT")
-            return result
+            return _finish(raw, steps)
 
         def whole(raw: sqlite3.Connection) -> T:
             _begin_waiting(raw)

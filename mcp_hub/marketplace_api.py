@@ -12,10 +12,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .apikeys import Principal
-from .bodies import json_body
+from .bodies import json_body, validated
 from .errors import Forbidden, NotFound, RequestError
 from .hub import Hub
-from .registrations import NewVersionBody, RegistrationBody, validated
+from .registrations import NewVersionBody, RegistrationBody
 from .server_json import import_server_json
 
 

@@ -76,8 +76,9 @@ async def run(args: argparse.Namespace, settings: Settings, table: Callable[[lis
 
 async def run_registry(args: argparse.Namespace, settings: Settings, parse_creds: Callable[[list[str]], Any]) -> int:
     from .apikeys import Principal
+    from .bodies import validated
     from .hub import Hub
-    from .registrations import RegistrationBody, validated
+    from .registrations import RegistrationBody
     from .server_json import import_server_json
 
     try:

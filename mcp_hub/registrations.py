@@ -123,18 +123,6 @@ class NewVersionBody(VersionBody):
     credentials: Any = None
 
 
-def validated(model: type[BaseModel], data: Any) -> Any:
-    """`data` as `model`, or a 400 naming the first bad field."""
-    if not isinstance(data, dict):
-        raise RequestError("request body must be a JSON object", code="invalid_request")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        raise RequestError(f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
-
-
 def _entry(slug: str, description: str, tags: list[str], connections: dict[str, Any], limits: dict[str, Any],
            versions: dict[str, dict[str, Any]]) -> Entry:
     """An `Entry`, or a 400 naming the field (the same rules as registry.yaml)."""
