@@ -430,7 +430,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         hub_cmd = [sys.executable, str(args.hub_launcher)] if args.hub_launcher else [sys.executable, "-m", "mcp_hub"]
         hub = spawn([*hub_cmd, "serve", "--registry", str(tmp / "registry.yaml"), "--data-dir", str(tmp / "data"),
                      "--port", str(hub_port), "--log-level", "warning"], hub_port, tmp / "hub.log",
-                    clean_env(OPENAI_BASE_URL=f"{model_url}/v1", OPENAI_API_KEY=API_KEY))
+                    clean_env(OPENAI_BASE_URL=f"{model_url}/v1", OPENAI_API_KEY=API_KEY, **dict(args.hub_env)))
         procs.append(hub)
         log(f"model server pid {model.pid}, hub pid {hub.pid}", phase)
         limits = httpx2.Limits(max_connections=args.clients * 2, max_keepalive_connections=args.clients * 2)
@@ -593,6 +593,8 @@ def main() -> None:
                         help="throughput clients: minimal keep-alive HTTP/1.1 (default) or one pooled httpx2 client")
     parser.add_argument("--hub-launcher", type=Path,
                         help="run this script instead of `-m mcp_hub` (same arguments): to try patches on the hub")
+    parser.add_argument("--hub-env", action="append", default=[], type=lambda text: tuple(text.split("=", 1)),
+                        metavar="NAME=VALUE", help="a setting for the hub, e.g. MCP_HUB_AUDIT_ENABLED=false (repeatable)")
     parser.add_argument("--budget", type=float, default=300.0, help="abort after this many seconds (default 300)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (the path is in the JSON)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")

@@ -139,8 +139,8 @@ class Settings(BaseSettings):
         "SHA-256 are recorded.")
     audit_batch_max: int = Field(512, ge=1, description="Most records committed in one transaction (group commit).")
     audit_commit_delay: float = Field(
-        0.015, ge=0, le=0.5, description="Seconds an audit transaction may wait for more records while the hub is "
-        "busy (its last commit was less than twice this ago): fewer commits under load; 0: never wait.")
+        0.015, ge=0, le=0.5, description="Seconds an audit transaction may wait for more records once writes arrive "
+        "concurrently: fewer commits under load; 0: never wait.")
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per log line, each with the request's X-Request-Id.")
 

@@ -29,10 +29,12 @@ from .record import AuditRecord
 from .store import AuditStore
 
 READ_SIZE = 1 << 20
-# Under load (the last commit was less than twice `commit_delay` ago) a transaction waits up to
-# `commit_delay` seconds (setting audit_commit_delay) for more writes, as PostgreSQL's
-# commit_delay does: fewer commits (and fsyncs), a little more latency per tool call. An idle
-# or lightly loaded hub's write commits at once.
+# Under concurrency a transaction waits up to `commit_delay` seconds (setting audit_commit_delay)
+# for more writes, as PostgreSQL's commit_delay with commit_siblings does: fewer commits (and
+# fsyncs), a little more latency per tool call. Concurrency shows itself when writes queue up
+# while a transaction commits (two or more waiting); waiting stops once MISSES waits in a row
+# gathered nothing, so an idle hub, or one client calling tools one after another, does not wait.
+MISSES = 2
 
 
 def _commit(writer: BlockingWriter, lines: list[bytes], out: Any) -> None:
@@ -70,16 +72,20 @@ def main() -> int:
         return 1
     out.write(b'{"ready":true}\n')
     out.flush()
-    last_commit = 0.0
+    misses = MISSES  # consecutive waits that gathered nothing; at MISSES transactions stop waiting
     try:
         while True:
-            if delay and time.monotonic() - last_commit < 2 * delay and buffer.count(b"\n") < max_batch:
-                buffer += _gather(stdin, delay)  # busy: let concurrent writes share the transaction
+            queued = buffer.count(b"\n")
+            if delay and queued >= 2:
+                misses = 0
+            if delay and misses < MISSES and queued < max_batch:
+                more = _gather(stdin, delay)  # let concurrent writes share the transaction
+                misses = 0 if b"\n" in more else misses + 1
+                buffer += more
             *lines, buffer = buffer.split(b"\n")
             while lines:  # what arrived while the last transaction ran: one transaction (up to max_batch lines)
                 batch, lines = lines[:max_batch], lines[max_batch:]
                 _commit(writer, batch, out)
-                last_commit = time.monotonic()
             chunk = os.read(stdin, READ_SIZE)  # blocks until the hub writes, or closes the pipe
             if not chunk:
                 return 0
