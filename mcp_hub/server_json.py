@@ -137,20 +137,26 @@ def _remote(remote: dict[str, Any], inputs: _Inputs) -> tuple[dict[str, Any], di
         raise RequestError("a remote has no `url`", param="server_json")
     version: dict[str, Any] = {"url": inputs.fill(url, _get(remote, "variables") or {}, "remote url"),
                                "transport": kind}
-    fixed: dict[str, str] = {}
-    delivered: dict[str, str] = {}
-    for header in _get(remote, "headers") or []:
-        name = header.get("name")
-        if not isinstance(name, str):
-            raise RequestError("a remote header has no `name`", param="server_json")
-        if _is_input(header):
-            delivered[name] = inputs.credential(name, header)
-        else:
-            value = _get(header, "value") or _get(header, "default")
-            fixed[name] = inputs.fill(str(value), _get(header, "variables") or {}, f"header {name}")
+    fixed, delivered = _named_values(_get(remote, "headers") or [], inputs, "header")
     if fixed:
         version["headers"] = fixed
     return version, delivered
+
+
+def _named_values(items: list[dict[str, Any]], inputs: _Inputs, what: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Headers or environment variables: fixed values (filled in), and the names the caller supplies."""
+    fixed: dict[str, str] = {}
+    delivered: dict[str, str] = {}
+    for item in items:
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise RequestError(f"{'an' if what[0] in 'aeiou' else 'a'} {what} has no `name`", param="server_json")
+        if _is_input(item):
+            delivered[name] = inputs.credential(name, item)
+        else:
+            value = _get(item, "value") or _get(item, "default")
+            fixed[name] = inputs.fill(str(value), _get(item, "variables") or {}, f"{what} {name}")
+    return fixed, delivered
 
 
 def _package(package: dict[str, Any], inputs: _Inputs) -> tuple[dict[str, Any], dict[str, str]]:
@@ -171,17 +177,8 @@ def _package(package: dict[str, Any], inputs: _Inputs) -> tuple[dict[str, Any], 
         spec = f"{identifier}@{version}" if kind == "npm" else f"{identifier}=={version}"
         result = {"command": [runner, *(["-y"] if runner == "npx" else []), *_arguments(runtime_args, inputs, where),
                               spec, *arguments]}
-    env: dict[str, str] = {}
-    delivered: dict[str, str] = {}
-    for variable in _get(package, "environmentVariables", "environment_variables") or []:
-        name = variable.get("name")
-        if not isinstance(name, str):
-            raise RequestError("an environment variable has no `name`", param="server_json")
-        if _is_input(variable):
-            delivered[name] = inputs.credential(name, variable)
-        else:
-            value = _get(variable, "value") or _get(variable, "default")
-            env[name] = inputs.fill(str(value), _get(variable, "variables") or {}, f"environment variable {name}")
+    env, delivered = _named_values(_get(package, "environmentVariables", "environment_variables") or [], inputs,
+                                   "environment variable")
     if env:
         result["env"] = env
     return result, delivered
