@@ -8,7 +8,9 @@ keeps only the last event; the streaming one turns each into SSE chunks.
 Per turn: one model call (trying the request's models in order while failures are
 retryable) -> the MCP calls it asked for run in the hub, in parallel unless
 `parallel_tool_calls` is false -> their results are appended as tool messages ->
-the next turn. The loop ends when the model answers without MCP calls; when it asks
+the next turn. A tool's audit record is committed while the next model call runs
+(`Commits`): nothing that reports or derives from the result reaches the caller
+before the commit. The loop ends when the model answers without MCP calls; when it asks
 for client tools (returned to the caller with `finish_reason: "tool_calls"`); or
 when `max_turns` model calls are used up, in which case the last turn's MCP calls
 are not executed and are listed in `unexecuted_tool_calls` (`finish_reason:
@@ -34,6 +36,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from .audit import Commits
 from .catalog import ToolCatalog
 from .chat_request import ChatCompletionRequest, ModelChoice
 from .errors import NotFound, ProviderError
@@ -124,6 +127,7 @@ class Completion:
         self.max_turns = min(request.max_turns or settings.max_turns_default, settings.max_turns_cap)
         self._state = _State(model=self._choices[0].model)
         self._scrubber = Scrubber()  # the request's secrets, known once its servers are bound
+        self._commits = Commits()  # audit records still being committed while the model reads their results
 
     @property
     def tools_ran(self) -> bool:
@@ -148,6 +152,8 @@ class Completion:
             async for event in events:
                 if text.scrubber is not self._scrubber:  # the servers are bound: their secrets are known
                     text = TextStream(self._scrubber)
+                if self._commits and not isinstance(event, ToolActivity):
+                    await self._commits.wait()  # nothing derived from a tool result before its record is durable
                 if isinstance(event, Text):
                     if piece := text.feed(event.text):
                         yield Text(piece)
@@ -258,7 +264,7 @@ class Completion:
                                       arguments=arguments if isinstance(arguments, dict | str) else json.dumps(arguments)))
             if not batch:
                 continue
-            done = await self.hub.execute(batch, servers, parallel=parallel, context=context)
+            done = await self.hub.execute(batch, servers, parallel=parallel, context=context, commits=self._commits)
             for item in done.results:
                 self._state.results.append(item)
                 self._state.executed.append(item.tool_name)
@@ -345,6 +351,7 @@ class Completion:
                        values: dict[str, Any], rendered: dict[str, str], catalog: ToolCatalog,
                        servers: Servers) -> dict[str, Any]:
         """Save the loop state of a turn that asks for client tools; the structured handoff body."""
+        await self._commits.wait()  # the saved state holds the results: their records first
         client_calls = [call for call in result.tool_calls if catalog.is_client(call.name)]
         client_ids = {call.id for call in client_calls}
         blockers: dict[str, list[str]] = {}

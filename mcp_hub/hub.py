@@ -24,7 +24,7 @@ from mcp.client.session import ElicitationFnT
 from pydantic import TypeAdapter, ValidationError
 
 from .apikeys import KeyStore
-from .audit import AuditRecord, AuditTrail, server_error_record, tool_call_record
+from .audit import AuditRecord, AuditTrail, Commits, server_error_record, tool_call_record
 from .audit.record import ToolHashes
 from .credentials import Credential, bind
 from .database import Database, open_database
@@ -351,19 +351,24 @@ class Hub:
         return approved
 
     async def execute(self, calls: Sequence[ToolCall], servers: Servers, *, parallel: bool = True,
-                      context: CallContext | None = None) -> Batch:
-        """Run `calls` on `servers`; `context` says for whom and within what (the audit trail's fields)."""
+                      context: CallContext | None = None, commits: Commits | None = None) -> Batch:
+        """Run `calls` on `servers`; `context` says for whom and within what (the audit trail's fields).
+
+        Returns once the calls' audit records are committed or, with `commits`, handed to the
+        writer: the caller then waits on `commits` before reporting the results to anyone.
+        """
         batch = await self.executor.run(calls, servers.sessions, parallel=parallel)
         for name, error in batch.server_errors.items():
             servers.errors.setdefault(name, error)
-        await self._record(batch.results, servers, context)
+        await self._record(batch.results, servers, context, commits)
         return batch
 
     async def record_server_errors(self, servers: Servers, context: CallContext | None = None) -> None:
         """Put the request's failed servers in the audit trail (each once per request)."""
         await self._record([], servers, context)
 
-    async def _record(self, results: Sequence[ToolResult], servers: Servers, context: CallContext | None) -> None:
+    async def _record(self, results: Sequence[ToolResult], servers: Servers, context: CallContext | None,
+                      commits: Commits | None = None) -> None:
         """Metrics for `results`, and their audit records (with any new server failures), committed."""
         for result in results:
             self.metrics.tool_call(result.server_name, result.tool_name, result.duration_ms / 1000, result.error_code,
@@ -378,7 +383,7 @@ class Hub:
         records: list[AuditRecord] = [server_error_record(name, servers.errors[name], context) for name in failed]
         records += [tool_call_record(result, servers.sessions.get(result.server_name), context, limit, self._tool_hashes)
                     for result in results]
-        await self._audit.record(records)
+        await self._audit.record(records, commits)
 
     # -- one-shot operations (API and CLI) ----------------------------------------------------
 

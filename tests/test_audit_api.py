@@ -253,6 +253,12 @@ async def test_a_record_that_cannot_be_committed_withholds_the_result(client: tu
     scripted_model.responder = ToolThenAnswer(tool="__echo", arguments={"text": "pong"}, answer="It said {result}")
     completion = await http.post("/v1/chat/completions", json=ask(mcp_servers=["test/plain"]))
     assert completion.status_code == 503 and completion.json()["error"]["code"] == "audit_unavailable"
+    # Streamed, the model's next turn may already be under way while the record is committed:
+    # its answer (which quotes the result) still never reaches the caller.
+    scripted_model.responder = ToolThenAnswer(tool="__echo", arguments={"text": "pong"}, answer="It said {result}")
+    async with http.stream("POST", "/v1/chat/completions", json=ask(mcp_servers=["test/plain"], stream=True)) as stream:
+        streamed = (await stream.aread()).decode()
+    assert "audit_unavailable" in streamed and "pong" not in streamed and "It said" not in streamed
 
 
 async def test_a_dead_writer_process_is_replaced(client: tuple[httpx2.AsyncClient, Hub]) -> None:

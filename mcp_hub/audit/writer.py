@@ -70,6 +70,11 @@ class AuditWriter:
 
     async def write(self, records: Sequence[AuditRecord]) -> None:
         """Return once `records` are committed; `AuditUnavailable` if they could not be."""
+        # Cancelled (request timeout, client gone): the records are committed all the same.
+        await asyncio.shield(await self.submit(records))
+
+    async def submit(self, records: Sequence[AuditRecord]) -> asyncio.Future[None]:
+        """Hand `records` to the child; the future settles once they are committed (or could not be)."""
         if self._closing:
             raise AuditUnavailable("the audit trail is closed: the hub is shutting down")
         process = self._process
@@ -85,8 +90,7 @@ class AuditWriter:
         process.stdin.write(json.dumps({"id": ident, "records": contents}, separators=(",", ":")).encode() + b"\n")
         if process.stdin.transport.get_write_buffer_size() > BUFFER_LIMIT:
             await process.stdin.drain()
-        # Cancelled (request timeout, client gone): the records are committed all the same.
-        await asyncio.shield(future)
+        return future
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         async with self._starting:
