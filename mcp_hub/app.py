@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from . import __version__, audit_api, console, marketplace_api, openapi
 from .api_models import ToolCallRequest
@@ -193,26 +193,6 @@ ROUTES = [
 ]
 
 
-class InstanceHeader:
-    """Adds `x-hub-instance: <instance_name>` to every HTTP response (which hub behind a balancer answered)."""
-
-    def __init__(self, app: ASGIApp, name: str) -> None:
-        self.app = app
-        self.header = (b"x-hub-instance", name.encode("latin-1", "replace"))
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), self.header]}
-            await send(message)
-
-        await self.app(scope, receive, with_header)
-
-
 def create_app(settings: Settings, registry: Registry | None = None) -> Starlette:
     """The ASGI app; the hub's resources live exactly as long as its lifespan."""
     hub = Hub(settings, registry)
@@ -224,8 +204,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Starlett
 
     # Authentication first: the rate limit counts per API key.
     # Observability outermost: every response (a 401 too) gets an X-Request-Id and is counted.
-    middleware = [Middleware(Observability, metrics=hub.metrics, routes=ROUTES, access_lines=settings.log_format == "json"),
-                  Middleware(InstanceHeader, name=hub.instance), Middleware(Authentication, keys=lambda: hub.keys),
+    middleware = [Middleware(Observability, metrics=hub.metrics, routes=ROUTES, access_lines=settings.log_format == "json",
+                             instance=hub.instance), Middleware(Authentication, keys=lambda: hub.keys),
                   Middleware(RateLimiting, limiter=lambda: hub.limiter)]
     return Starlette(routes=ROUTES, lifespan=lifespan, middleware=middleware,
                      exception_handlers={HubError: _error_response, HTTPException: _error_response,

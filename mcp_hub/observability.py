@@ -2,7 +2,7 @@
 
 `Observability` is the outermost ASGI middleware: it gives every HTTP request an id
 (`X-Request-Id`: the caller's when it sends a sane one, else a new one), returns it in
-the response header, counts and times the request by route template and status in the
+the response header (with the hub's `x-hub-instance`), counts and times the request by route template and status in the
 hub's metrics, and with `log_format: json` writes one access line per request. Every
 log line written while the request runs carries the same `request_id`.
 
@@ -36,6 +36,9 @@ access_log = logging.getLogger("mcp_hub.access")
 
 def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
     """The path template of the route `scope` matches (`/v1/servers/{org}/{name}`), else "unmatched"."""
+    matched = scope.get("route")  # set by Starlette's router when the request reached it
+    if matched is not None:
+        return getattr(matched, "path", "unmatched")
     for route in routes:
         match, _ = route.matches(scope)
         if match is Match.FULL:
@@ -44,13 +47,16 @@ def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
 
 
 class Observability:
-    """Request id, metrics and (optionally) a JSON access line for each HTTP request."""
+    """Request id, metrics and (optionally) a JSON access line for each HTTP request; and
+    `x-hub-instance: <instance_name>` on every response (which hub behind a balancer answered)."""
 
-    def __init__(self, app: ASGIApp, metrics: HubMetrics, routes: Sequence[BaseRoute], access_lines: bool = False) -> None:
+    def __init__(self, app: ASGIApp, metrics: HubMetrics, routes: Sequence[BaseRoute], access_lines: bool = False,
+                 instance: str = "") -> None:
         self.app = app
         self.metrics = metrics
         self.routes = routes
         self.access_lines = access_lines
+        self.instance = (b"x-hub-instance", instance.encode("latin-1", "replace"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,7 +74,7 @@ class Observability:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode()), self.instance]
             await send(message)
 
         try:
