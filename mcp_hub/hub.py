@@ -1,6 +1,6 @@
 """The `Hub`: the one owner of the service's long-lived resources.
 
-It holds the settings, the registry, the pooled HTTP transport, the OAuth broker
+It holds the settings, the registry, the pooled HTTP clients, the OAuth broker
 (and so every OAuth token), the session pool and the executor; the app lifespan (or
 a CLI command) enters it and exits it. Handlers call its methods and never touch the
 resources directly.
@@ -42,6 +42,7 @@ from .oauth import ClientIdentity, OAuthBroker, UserAgent
 from .pinning import DatabasePins, ToolGate
 from .pool import SessionPool
 from .providers import ProviderSet
+from .providers.upstream import client_session
 from .ratelimit import RateLimiter
 from .registrations import Registrations, RegistrationStore
 from .registry import Entry, Registry
@@ -100,7 +101,6 @@ class Hub:
         self._oauth_identity = oauth_identity
         self._user_agent = user_agent
         self._elicitation = elicitation
-        self._http: httpx2.AsyncHTTPTransport | None = None
         self._providers: ProviderSet | None = None
         self._oauth: OAuthBroker | None = None
         self._pool: SessionPool | None = None
@@ -235,10 +235,8 @@ class Hub:
                 self._audit = await stack.enter_async_context(trail)
             if self.settings.rate_limit_per_minute:
                 self.limiter = self._state.limiter(self.settings.rate_limit_per_minute, self.settings.rate_limit_burst)
-            self._http = httpx2.AsyncHTTPTransport(limits=limits)  # model providers: operator-configured URLs
-            stack.push_async_callback(self._http.aclose)
-            self._providers = ProviderSet(self.settings, self._http)
-            stack.push_async_callback(self._providers.aclose)
+            # Model providers (operator-configured URLs) on aiohttp: their calls are the hottest path.
+            self._providers = ProviderSet(self.settings, await stack.enter_async_context(client_session()))
             self._oauth = OAuthBroker(self._oauth_identity, user_agent=self._user_agent)
             self._egress_http = self.egress.transport(limits=limits)  # MCP server URLs: guarded
             stack.push_async_callback(self._egress_http.aclose)
@@ -280,7 +278,7 @@ class Hub:
             self._pool = self._providers = self._oauth = self._state = self._idempotency = self._database = self._audit = None
             self._gateway = self._pins = self._registrations = self._handoffs = self._deferred = None
             self._keys = None
-            self._http = self._egress_http = None
+            self._egress_http = None
             self.limiter = None
 
     # -- resolution -------------------------------------------------------------------------

@@ -1,22 +1,25 @@
-"""Model providers against the scripted upstream model over real HTTP (MockTransport for odd wire cases)."""
+"""Model providers against the scripted upstream model over real HTTP (a raw HTTP server for odd wire cases)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx2
+import aiohttp
 import pytest
 from pydantic import SecretStr
 
 from mcp_hub.errors import ConfigError, ProviderError, ProviderRateLimited, ProviderTimeout, RequestError
 from mcp_hub.providers import AnthropicMessages, ChatDelta, ChatRequest, OpenAICompatible, ProviderSet
 from mcp_hub.providers.anthropic import translate_messages, translate_request, translate_tool_choice
+from mcp_hub.providers.upstream import client_session, lines
 from mcp_hub.settings import Settings
 
 from .conftest import free_port
+from .fixtures.raw_upstream import Answer, RawUpstream
 from .fixtures.scripted_model import Call, Reply, ScriptedModel
 
 OPENAI_KEY = "sk-test-openai-0123456789"
@@ -33,22 +36,29 @@ def model() -> Iterator[ScriptedModel]:
 
 
 @pytest.fixture
-async def make_providers(model: ScriptedModel, tmp_path: Path) -> AsyncIterator[Callable[..., ProviderSet]]:
-    """Build `ProviderSet`s over one pooled transport, pointed at the scripted model."""
-    transport = httpx2.AsyncHTTPTransport()
-    made: list[ProviderSet] = []
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """The providers' pooled session, as the hub opens it."""
+    async with client_session() as session:
+        yield session
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawUpstream]:
+    async with RawUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def make_providers(model: ScriptedModel, tmp_path: Path, http: aiohttp.ClientSession) -> Callable[..., ProviderSet]:
+    """Build `ProviderSet`s over one pooled session, pointed at the scripted model."""
 
     def make(**overrides: Any) -> ProviderSet:
         options: dict[str, Any] = {"data_dir": tmp_path / "data", "openai_base_url": model.openai_url,
                                    "openai_api_key": OPENAI_KEY, "anthropic_base_url": model.anthropic_url,
                                    "anthropic_api_key": ANTHROPIC_KEY, "provider_timeout": 10} | overrides
-        made.append(ProviderSet(Settings.load(**options), transport))
-        return made[-1]
+        return ProviderSet(Settings.load(**options), http)
 
-    yield make
-    for providers in made:
-        await providers.aclose()
-    await transport.aclose()
+    return make
 
 
 @pytest.fixture
@@ -129,30 +139,24 @@ async def test_openai_list_models(providers: ProviderSet, model: ScriptedModel) 
     assert model.requests[0].path == "/v1/models" and model.requests[0].api_key == OPENAI_KEY
 
 
-def mock_stream(lines: list[str]) -> httpx2.AsyncClient:
-    body = "".join(f"{line}\n\n" for line in lines).encode()
-    return httpx2.AsyncClient(transport=httpx2.MockTransport(
-        lambda request: httpx2.Response(200, content=body, headers={"content-type": "text/event-stream"})))
-
-
-async def test_openai_lenient_server_normalization() -> None:
+async def test_openai_lenient_server_normalization(raw: RawUpstream, http: aiohttp.ClientSession) -> None:
     """Compatible servers that omit ids and indexes, send object arguments and say "stop" after tool calls."""
     chunks = [{"model": "m", "choices": [{"delta": {"tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]}}]},
               {"model": "m", "choices": [{"delta": {}, "finish_reason": "stop"}]}]
-    async with mock_stream([f"data: {json.dumps(c)}" for c in chunks] + ["data: [DONE]"]) as http:
-        provider = OpenAICompatible("local", "http://local/v1", http, key_required=False)
-        _, calls, last = await collect(provider.stream(ask()))
+    raw.push(Answer.sse([f"data: {json.dumps(c)}" for c in chunks] + ["data: [DONE]"]))
+    provider = OpenAICompatible("local", f"{raw.url}/v1", http, key_required=False)
+    _, calls, last = await collect(provider.stream(ask()))
     assert calls[0]["id"].startswith("call_") and json.loads(calls[0]["arguments"]) == {"x": 1}
     assert last.finish_reason == "tool_calls" and last.usage is None
+    assert raw.requests[0].line == "POST /v1/chat/completions HTTP/1.1"
 
 
-async def test_openai_error_inside_a_stream() -> None:
-    lines = ['data: {"choices": [{"delta": {"content": "a"}}]}',
-             f'data: {json.dumps({"error": {"message": f"overloaded, key {OPENAI_KEY}"}})}']
-    async with mock_stream(lines) as http:
-        provider = OpenAICompatible("openai", "http://x/v1", http, api_key=SecretStr(OPENAI_KEY))
-        with pytest.raises(ProviderError) as caught:
-            await collect(provider.stream(ask()))
+async def test_openai_error_inside_a_stream(raw: RawUpstream, http: aiohttp.ClientSession) -> None:
+    raw.push(Answer.sse(['data: {"choices": [{"delta": {"content": "a"}}]}',
+                         f'data: {json.dumps({"error": {"message": f"overloaded, key {OPENAI_KEY}"}})}']))
+    provider = OpenAICompatible("openai", f"{raw.url}/v1", http, api_key=SecretStr(OPENAI_KEY))
+    with pytest.raises(ProviderError) as caught:
+        await collect(provider.stream(ask()))
     assert "overloaded" in caught.value.message and OPENAI_KEY not in caught.value.message
 
 
@@ -235,22 +239,22 @@ async def test_anthropic_stream_assembles_tool_use(providers: ProviderSet, model
     assert model.requests[0].body["stream"] is True
 
 
-async def test_anthropic_stream_error_event() -> None:
-    lines = ['event: message_start\ndata: {"type": "message_start", "message": {"id": "m", "model": "c", "content": []}}',
-             'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}']
-    async with mock_stream(lines) as http:
-        provider = AnthropicMessages("anthropic", "http://x", http, api_key=SecretStr(ANTHROPIC_KEY))
-        with pytest.raises(ProviderError) as caught:
-            await collect(provider.stream(ask()))
+async def test_anthropic_stream_error_event(raw: RawUpstream, http: aiohttp.ClientSession) -> None:
+    start = {"type": "message_start", "message": {"id": "m", "model": "c", "content": []}}
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    raw.push(Answer.sse([f"event: message_start\ndata: {json.dumps(start)}", f"event: error\ndata: {json.dumps(error)}"]))
+    provider = AnthropicMessages("anthropic", raw.url, http, api_key=SecretStr(ANTHROPIC_KEY))
+    with pytest.raises(ProviderError) as caught:
+        await collect(provider.stream(ask()))
     assert caught.value.retryable and "Overloaded" in caught.value.message
 
 
-async def test_anthropic_thinking_blocks_round_trip() -> None:
+async def test_anthropic_thinking_blocks_round_trip(raw: RawUpstream, http: aiohttp.ClientSession) -> None:
     thinking = {"type": "thinking", "thinking": "hmm", "signature": "sig"}
     answer = {"id": "msg_1", "model": "c", "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 2},
               "content": [thinking, {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]}
-    async with httpx2.AsyncClient(transport=httpx2.MockTransport(lambda r: httpx2.Response(200, json=answer))) as http:
-        result = await AnthropicMessages("anthropic", "http://x", http, api_key=SecretStr("k")).complete(ask())
+    raw.push(Answer.json(answer))
+    result = await AnthropicMessages("anthropic", raw.url, http, api_key=SecretStr("k")).complete(ask())
     assert result.extra["thinking_blocks"] == [thinking]
     assistant = {"role": "assistant", "content": None, "thinking_blocks": result.extra["thinking_blocks"],
                  "tool_calls": [{"id": "toolu_1", "function": {"name": "f", "arguments": "{}"}}]}
@@ -349,6 +353,135 @@ async def test_missing_key_fails_before_sending(make_providers: Callable[..., Pr
     assert model.requests == []
 
 
+# -- the wire ------------------------------------------------------------------------------------------
+
+COMPLETION = {"id": "c1", "model": "m", "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}
+
+
+@pytest.mark.parametrize("prefix", ["openai", "anthropic"])
+async def test_a_very_long_sse_data_line(providers: ProviderSet, model: ScriptedModel, prefix: str) -> None:
+    text = "0123456789abcdef" * 16_384  # 256 KiB in one content piece, so in one `data:` line
+    model.push(Reply.say(text, chunk_size=len(text)))
+    content, _, last = await collect(providers.get(prefix).stream(ask()))
+    assert content == text and last.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\r", "\n"])
+async def test_sse_line_endings(raw: RawUpstream, http: aiohttp.ClientSession, newline: str) -> None:
+    chunks = [{"model": "m", "choices": [{"delta": {"content": "a"}}]},
+              {"model": "m", "choices": [{"delta": {"content": "b"}, "finish_reason": "stop"}]}]
+    raw.push(Answer.sse([": a comment", *(f"data: {json.dumps(c)}" for c in chunks), "data: [DONE]"], newline=newline))
+    content, _, last = await collect(OpenAICompatible("local", f"{raw.url}/v1", http, key_required=False).stream(ask()))
+    assert content == "ab" and last.finish_reason == "stop"
+
+
+@pytest.mark.parametrize(("chunks", "expected"), [
+    ([b"data: a\r", b"\ndata: b\r\n\r", b"\n"], ["data: a", "data: b", ""]),  # a CRLF split between reads
+    ([b"da", b"ta: a", b"bc\n\n", b"tail"], ["data: abc", "", "tail"]),  # a line over several reads
+    ([b"\r", b"\r", b"\n\n"], ["", "", ""]),  # CR, CRLF, LF
+    ([b"x" * 70_000 + b"\n"], ["x" * 70_000]),  # past aiohttp's 64 KiB read buffer
+])
+async def test_lines_split_across_reads(chunks: list[bytes], expected: list[str]) -> None:
+    async def reads() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    assert [line async for line in lines(reads())] == expected
+
+
+async def test_a_stale_keep_alive_connection_is_resent_once(raw: RawUpstream, http: aiohttp.ClientSession) -> None:
+    """A pooled connection that the server dropped while idle: the call goes out again on a new one, once."""
+    provider = OpenAICompatible("local", f"{raw.url}/v1", http, key_required=False)
+    raw.push(Answer.json(COMPLETION), Answer.hang_up(), Answer.json(COMPLETION))
+    assert (await provider.complete(ask())).content == "hi"
+    assert (await provider.complete(ask())).content == "hi"
+    assert [r.connection for r in raw.requests] == [1, 1, 2]
+    raw.push(Answer.hang_up(), Answer.hang_up())
+    with pytest.raises(ProviderError) as caught:
+        await provider.complete(ask())
+    assert caught.value.retryable and "is unreachable (ServerDisconnectedError)" in caught.value.message
+    assert [r.connection for r in raw.requests][3:] == [2, 3]
+
+
+async def test_a_connection_the_server_closed_after_answering(raw: RawUpstream, http: aiohttp.ClientSession) -> None:
+    """The server said keep-alive, then closed: whether or not the pool noticed before the next call, it succeeds."""
+    provider = OpenAICompatible("local", f"{raw.url}/v1", http, key_required=False)
+    raw.push(Answer(Answer.json(COMPLETION).data, close=True), Answer.json(COMPLETION))
+    assert (await provider.complete(ask())).content == "hi"
+    assert (await provider.complete(ask())).content == "hi"
+    assert [r.connection for r in raw.requests] == [1, 2]
+
+
+async def test_a_stale_connection_under_a_get_is_resent_once(raw: RawUpstream, http: aiohttp.ClientSession) -> None:
+    """GETs (model lists): aiohttp resends those itself, and the hub adds no second resend."""
+    provider = OpenAICompatible("local", f"{raw.url}/v1", http, key_required=False)
+    models = Answer.json({"data": [{"id": "m1"}]})
+    raw.push(models, Answer.hang_up(), models, Answer.hang_up(), Answer.hang_up())
+    assert await provider.list_models() == ["m1"]
+    assert await provider.list_models() == ["m1"]
+    with pytest.raises(ProviderError):
+        await provider.list_models()
+    assert [r.connection for r in raw.requests] == [1, 1, 2, 2, 3]
+
+
+async def test_an_answer_that_is_not_json(raw: RawUpstream, http: aiohttp.ClientSession) -> None:
+    raw.push(Answer.response(200, "<html>a portal page</html>", content_type="text/html"))
+    with pytest.raises(ProviderError) as caught:
+        await OpenAICompatible("local", f"{raw.url}/v1", http, key_required=False).complete(ask())
+    assert caught.value.retryable and caught.value.message == "provider 'local' failed: the answer is not JSON"
+
+
+async def test_a_stream_cut_mid_chunk_is_a_retryable_error(raw: RawUpstream, http: aiohttp.ClientSession) -> None:
+    event = b'data: {"model": "m", "choices": [{"delta": {"content": "a"}}]}\n\n'
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    raw.push(Answer(head + b"%x\r\n%s\r\n" % (len(event), event) + b"100\r\ndata: {", close=True))
+    stream = OpenAICompatible("local", f"{raw.url}/v1", http, key_required=False).stream(ask())
+    with pytest.raises(ProviderError) as caught:
+        await collect(stream)
+    assert caught.value.retryable and "is unreachable" in caught.value.message
+
+
+@pytest.mark.parametrize("answer", [
+    Answer.response(401, "", reason=f"Bad key {OPENAI_KEY}"),
+    Answer.json({"error": f"key {OPENAI_KEY} was revoked"}, status=403),
+    Answer.json({"error": {"message": f"Incorrect API key provided: {OPENAI_KEY[:8]}***{OPENAI_KEY[-4:]}"}}, status=401),
+    Answer.json({"error": {"message": f"Incorrect API key provided: {OPENAI_KEY[:8]}***{OPENAI_KEY[-4:]}"}}, status=429),
+    Answer.sse([f'data: {json.dumps({"error": {"message": f"bad key {OPENAI_KEY}"}})}']),
+])
+async def test_the_provider_key_never_appears_in_an_error(raw: RawUpstream, http: aiohttp.ClientSession,
+                                                          answer: Answer) -> None:
+    provider = OpenAICompatible("openai", f"{raw.url}/v1", http, api_key=SecretStr(OPENAI_KEY))
+    streamed = b"text/event-stream" in answer.data
+    raw.push(answer)
+    with pytest.raises(ProviderError) as caught:
+        await (collect(provider.stream(ask())) if streamed else provider.complete(ask()))
+    assert raw.requests[0].headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    text = f"{caught.value} {json.dumps(caught.value.to_body())}"
+    assert OPENAI_KEY not in text and OPENAI_KEY[:8] not in text and "[REDACTED]" in text
+
+
+async def test_proxy_environment(raw: RawUpstream, model: ScriptedModel, http: aiohttp.ClientSession, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY carries a remote provider's calls (with the proxy's credentials); NO_PROXY keeps local ones direct,
+    and HTTPS_PROXY is for https only."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", raw.url.replace("http://", "http://hub:proxy-pass@"))
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
+    settings = Settings.load(data_dir=tmp_path, openai_base_url=model.openai_url, openai_api_key=OPENAI_KEY,
+                             providers={"remote": {"base_url": "http://models.example/v1"}})
+    providers = ProviderSet(settings, http)
+    model.push(Reply.say("direct"))
+    raw.push(Answer.json(COMPLETION))
+    assert (await providers.get("openai").complete(ask())).content == "direct"
+    assert (await providers.get("remote").complete(ask())).content == "hi"
+    proxied = raw.requests[0]
+    assert proxied.line == "POST http://models.example/v1/chat/completions HTTP/1.1"
+    assert proxied.headers["proxy-authorization"] == "Basic " + base64.b64encode(b"hub:proxy-pass").decode()
+    assert len(model.requests) == 1 and "proxy-authorization" not in model.requests[0].headers
+
+
 # -- the provider set ----------------------------------------------------------------------------------
 
 def test_resolve_prefixes(providers: ProviderSet) -> None:
@@ -390,7 +523,7 @@ async def test_byok_without_a_configured_key(make_providers: Callable[..., Provi
     assert model.requests[0].api_key == "sk-byok"
 
 
-async def test_extra_providers_from_configuration(model: ScriptedModel, tmp_path: Path,
+async def test_extra_providers_from_configuration(model: ScriptedModel, tmp_path: Path, http: aiohttp.ClientSession,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MCP_HUB_PROVIDERS", json.dumps({
         "vllm": {"base_url": model.openai_url, "api_key_env": "VLLM_TOKEN"},
@@ -404,24 +537,19 @@ async def test_extra_providers_from_configuration(model: ScriptedModel, tmp_path
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     settings = Settings.load(data_dir=tmp_path / "data")
     assert settings.openai_api_key is not None and settings.openai_api_key.get_secret_value() == "sk-from-plain-env"
-    transport = httpx2.AsyncHTTPTransport()
-    providers = ProviderSet(settings, transport)
-    try:
-        assert providers.prefixes == ["anthropic", "claude-proxy", "ollama", "openai", "vllm"]
-        model.push(Reply.say("from vllm"), Reply.say("from ollama"), Reply.say("from the proxy"))
-        for model_name in ["vllm/meta-llama/Llama-3.1-8B", "ollama/llama3.2:1b", "claude-proxy/claude-x"]:
-            provider, name = providers.resolve(model_name)
-            await provider.complete(ChatRequest(model=name, messages=[{"role": "user", "content": "hi"}]))
-        vllm, ollama, proxy = model.requests
-        assert vllm.body["model"] == "meta-llama/Llama-3.1-8B" and vllm.api_key == "vllm-secret-token"
-        assert ollama.body["model"] == "llama3.2:1b" and "authorization" not in ollama.headers
-        assert proxy.path == "/v1/messages" and proxy.api_key == "proxy-secret"
-        names, errors = await providers.list_models()
-        assert "ollama/llama3.2:1b" in names and "vllm/scripted-small" in names and "openai/scripted-large" in names
-        assert errors == {} and not any(n.startswith("anthropic/") for n in names)  # no key: not listed
-    finally:
-        await providers.aclose()
-        await transport.aclose()
+    providers = ProviderSet(settings, http)
+    assert providers.prefixes == ["anthropic", "claude-proxy", "ollama", "openai", "vllm"]
+    model.push(Reply.say("from vllm"), Reply.say("from ollama"), Reply.say("from the proxy"))
+    for model_name in ["vllm/meta-llama/Llama-3.1-8B", "ollama/llama3.2:1b", "claude-proxy/claude-x"]:
+        provider, name = providers.resolve(model_name)
+        await provider.complete(ChatRequest(model=name, messages=[{"role": "user", "content": "hi"}]))
+    vllm, ollama, proxy = model.requests
+    assert vllm.body["model"] == "meta-llama/Llama-3.1-8B" and vllm.api_key == "vllm-secret-token"
+    assert ollama.body["model"] == "llama3.2:1b" and "authorization" not in ollama.headers
+    assert proxy.path == "/v1/messages" and proxy.api_key == "proxy-secret"
+    names, errors = await providers.list_models()
+    assert "ollama/llama3.2:1b" in names and "vllm/scripted-small" in names and "openai/scripted-large" in names
+    assert errors == {} and not any(n.startswith("anthropic/") for n in names)  # no key: not listed
 
 
 def test_extra_provider_key_variable_unset_means_provider_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx2
+import aiohttp
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from .base import ChatDelta, ChatRequest, ChatResult, ToolCallOut, Usage
@@ -205,7 +205,7 @@ def translate_request(request: ChatRequest, stream: bool) -> dict[str, Any]:
 class AnthropicMessages:
     """A provider for the Anthropic Messages API (`POST {base}/v1/messages`)."""
 
-    def __init__(self, name: str, base_url: str, http: httpx2.AsyncClient, *, api_key: SecretStr | None = None,
+    def __init__(self, name: str, base_url: str, http: aiohttp.ClientSession, *, api_key: SecretStr | None = None,
                  key_required: bool = True, key_source: str = "ANTHROPIC_API_KEY", timeout: float = 120.0) -> None:
         self.name = name
         self.upstream = Upstream(name, base_url, http, api_key=api_key, key_required=key_required,

@@ -4,7 +4,7 @@ The hub speaks the OpenAI chat-completions format internally. A provider takes a
 `ChatRequest` in that format and returns a `ChatResult` (non-streaming) or yields
 `ChatDelta`s (streaming), translating to and from its own wire format (Anthropic
 Messages, ...) where it is not OpenAI-compatible. Providers share the hub's pooled
-`httpx2` transport and raise only `ProviderError`s.
+aiohttp session and raise only `ProviderError`s.
 """
 
 from __future__ import annotations

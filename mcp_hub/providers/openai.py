@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx2
+import aiohttp
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from .base import ChatDelta, ChatRequest, ChatResult, ToolCallOut, Usage
@@ -82,7 +82,7 @@ def _call_id() -> str:
 class OpenAICompatible:
     """A provider for any OpenAI-compatible `/chat/completions` endpoint."""
 
-    def __init__(self, name: str, base_url: str, http: httpx2.AsyncClient, *, api_key: SecretStr | None = None,
+    def __init__(self, name: str, base_url: str, http: aiohttp.ClientSession, *, api_key: SecretStr | None = None,
                  key_required: bool = True, key_source: str = "OPENAI_API_KEY", timeout: float = 120.0) -> None:
         self.name = name
         self.upstream = Upstream(name, base_url, http, api_key=api_key, key_required=key_required,

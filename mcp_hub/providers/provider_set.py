@@ -1,4 +1,4 @@
-"""`ProviderSet`: the configured model providers, by prefix, over the hub's pooled transport.
+"""`ProviderSet`: the configured model providers, by prefix, over the hub's pooled aiohttp session.
 
 A model string is `"<prefix>/<model>"`; the prefix picks the provider and the rest,
 which may itself contain slashes (`openrouter/meta-llama/llama-3.1-8b`), is the
@@ -11,12 +11,11 @@ prefix; both errors name the configured prefixes.
 
 from __future__ import annotations
 
+import aiohttp
 import anyio
-import httpx2
 
 from ..errors import ConfigError, ProviderError, RequestError
 from ..settings import ProviderConfig, Settings
-from ..transports import SharedTransport
 from .anthropic import AnthropicMessages
 from .base import Provider
 from .openai import OpenAICompatible
@@ -25,8 +24,7 @@ from .openai import OpenAICompatible
 class ProviderSet:
     """Every configured provider, built once per hub; `resolve` maps a model string to one."""
 
-    def __init__(self, settings: Settings, transport: httpx2.AsyncBaseTransport) -> None:
-        self._http = httpx2.AsyncClient(transport=SharedTransport(transport), follow_redirects=False)
+    def __init__(self, settings: Settings, http: aiohttp.ClientSession) -> None:
         configs = {
             "openai": ProviderConfig(base_url=settings.openai_base_url, api_key=settings.openai_api_key,
                                      api_key_env="OPENAI_API_KEY"),
@@ -38,7 +36,7 @@ class ProviderSet:
         for prefix, config in configs.items():
             kind = AnthropicMessages if config.api == "anthropic" else OpenAICompatible
             # A provider needs a key exactly when its configuration names where the key lives.
-            self._providers[prefix] = kind(prefix, config.base_url, self._http, api_key=config.api_key,
+            self._providers[prefix] = kind(prefix, config.base_url, http, api_key=config.api_key,
                                            key_required=config.api_key_env is not None or config.api_key is not None,
                                            key_source=config.api_key_env or "a key", timeout=settings.provider_timeout)
         self.default = settings.default_provider
@@ -94,7 +92,3 @@ class ProviderSet:
                 tg.start_soon(one, prefix, provider)
         names = [f"{prefix}/{name}" for prefix in self.prefixes for name in found.get(prefix, [])]
         return names, errors
-
-    async def aclose(self) -> None:
-        """Close the client; the hub closes the shared transport itself."""
-        await self._http.aclose()
