@@ -5,12 +5,12 @@ The cap is the `max_body_bytes` setting (default 4 MiB), passed in by each handl
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from . import jsoncodec
 from .errors import RequestError, TooLarge
 
 
@@ -33,7 +33,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def decode_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return jsoncodec.loads(raw)  # strict: NaN and Infinity are not JSON
     except (ValueError, UnicodeDecodeError):
         raise RequestError("request body is not valid JSON", code="invalid_json") from None
 

@@ -66,6 +66,7 @@ class ToolCatalog:
                 name = _hashed(base, server, tool.name)
             self._mcp[name] = McpTool(presented=name, server=server, tool=tool)
         self._client_names = client_names
+        self._provider_tools: list[dict[str, Any]] | None = None
 
     def mcp(self, presented: str) -> McpTool | None:
         """The MCP tool a presented name stands for (None: a client tool or unknown)."""
@@ -81,7 +82,15 @@ class ToolCatalog:
         return len(self._mcp) + len(self._client_names)
 
     def provider_tools(self) -> list[dict[str, Any]]:
-        """Every tool in the OpenAI function format, MCP tools first (sorted), then client tools as given."""
+        """Every tool in the OpenAI function format, MCP tools first (sorted), then client tools as given.
+
+        Built once per catalog (a catalog may serve many requests: `CatalogCache`); callers must not modify it.
+        """
+        if self._provider_tools is None:
+            self._provider_tools = self._build_provider_tools()
+        return self._provider_tools
+
+    def _build_provider_tools(self) -> list[dict[str, Any]]:
         presented = [
             {"type": "function", "function": {
                 "name": m.presented,
@@ -91,6 +100,32 @@ class ToolCatalog:
             for m in sorted(self._mcp.values(), key=lambda m: m.presented)
         ]
         return presented + self.client_tools
+
+
+class CatalogCache:
+    """Catalogs of MCP tools alone, reused while each server's tool list is the same object.
+
+    A session keeps its reviewed tool list until it lists again, so the list objects identify
+    a listing. The cache keeps them referenced, so their ids cannot be reused while cached,
+    and forgets the oldest entry past `size`. A request with client tools gets a fresh catalog.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._entries: dict[tuple[tuple[str, int], ...], tuple[list[list[types.Tool]], ToolCatalog]] = {}
+
+    def catalog(self, mcp_tools: dict[str, list[types.Tool]], client_tools: list[dict[str, Any]]) -> ToolCatalog:
+        if client_tools:
+            return ToolCatalog(mcp_tools, client_tools)
+        key = tuple(sorted((name, id(tools)) for name, tools in mcp_tools.items()))
+        hit = self._entries.get(key)
+        if hit is not None:
+            return hit[1]
+        catalog = ToolCatalog(mcp_tools)
+        if len(self._entries) >= self._size:
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = (list(mcp_tools.values()), catalog)
+        return catalog
 
 
 def _describe(tool: McpTool) -> str:

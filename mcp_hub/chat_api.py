@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from . import jsoncodec
 from .bodies import decode_json, read_body
 from .chat_request import ChatCompletionRequest
 from .completion import Completion, Event, Finished, ToolActivity
@@ -72,7 +73,7 @@ async def chat_completions(request: Request) -> Response:
             if isinstance(event, Finished):
                 final = event
     assert final is not None
-    body = json.dumps(final.body, separators=(",", ":"), ensure_ascii=False).encode()
+    body = jsoncodec.dumps(final.body)
     if key:
         await hub.idempotency.complete(tenant, key, StoredResponse(status=200, body=body))
     return Response(body, media_type="application/json")

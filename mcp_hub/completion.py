@@ -184,7 +184,7 @@ class Completion:
         await self.hub.record_server_errors(servers, CallContext(tenant=self.tenant, key_id=self.key_id,
                                                                  request_id=self.id, model=state.model))
         check_tool_count(mcp_tools, request.tools or [], self.hub.settings.max_tools_per_request)
-        catalog = ToolCatalog(mcp_tools, request.tools or [])
+        catalog = self.hub.catalogs.catalog(mcp_tools, request.tools or [])
         automatic = request.automatic_tool_execution is not False
         parallel = request.passthrough(self._choices[0]).get("parallel_tool_calls") is not False
         structured = request.handoff_mode is not False

@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 from .apikeys import KeyStore
 from .audit import AuditRecord, AuditTrail, Commits, server_error_record, tool_call_record
 from .audit.record import ToolHashes
+from .catalog import CatalogCache
 from .credentials import Credential, bind
 from .database import Database, open_database
 from .deferred import DeferredCompletions
@@ -122,6 +123,7 @@ class Hub:
         self._audit: AuditTrail | None = None  # None: not running, or `audit_enabled` is off
         self.metrics = HubMetrics()
         self._tool_hashes = ToolHashes()
+        self.catalogs = CatalogCache()  # requests naming the same servers share their tool catalog
         self.metrics.gauges(lambda: self.status() if self._pool is not None else {})
 
     @property

@@ -36,7 +36,7 @@ class HubMetrics:
                                    ["provider", "outcome"], registry=r)
         self.model_seconds = Histogram("mcp_hub_model_call_duration_seconds", "Model call time (streaming: whole stream).",
                                        ["provider"], buckets=_LATENCY, registry=r)
-        self._tool_children: dict[tuple[str, str, bool], tuple[Any, Any]] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.audit_records = Counter("mcp_hub_audit_records", "Audit records committed.", registry=r)
         self.audit_commit_seconds = Histogram("mcp_hub_audit_commit_duration_seconds",
                                               "Time to commit one group of audit records.", buckets=_LATENCY, registry=r)
@@ -48,20 +48,23 @@ class HubMetrics:
         Gauge("mcp_hub_hosted_children", "Hosted MCP server child processes.", registry=self.registry).set_function(
             lambda: status().get("hosted_children", 0))
 
+    def _labelled(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, looked up once per label set (`labels()` takes a lock and builds tuples)."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def request(self, route: str, method: str, status: int, seconds: float, code: str | None = None) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_seconds.labels(route, method, str(status)).observe(seconds)
+        self._labelled(self.requests, route, method, str(status)).inc()
+        self._labelled(self.request_seconds, route, method, str(status)).observe(seconds)
         if status >= 400:
             self.errors.labels(code or f"http_{status}", "http").inc()
 
     def tool_call(self, server: str, tool: str, seconds: float, error_code: str | None, is_error: bool) -> None:
-        key = (server, tool, is_error)
-        children = self._tool_children.get(key)
-        if children is None:  # labels() takes a lock and builds tuples: once per label set
-            children = self._tool_children[key] = (self.tool_calls.labels(server, tool, "error" if is_error else "ok"),
-                                                   self.tool_seconds.labels(server, tool))
-        children[0].inc()
-        children[1].observe(seconds)
+        self._labelled(self.tool_calls, server, tool, "error" if is_error else "ok").inc()
+        self._labelled(self.tool_seconds, server, tool).observe(seconds)
         if is_error:
             self.errors.labels(error_code or "tool_error", "tool").inc()
 
@@ -70,8 +73,8 @@ class HubMetrics:
             self.errors.labels(code, "server").inc()
 
     def model_call(self, provider: str, seconds: float, error_code: str | None = None) -> None:
-        self.model_calls.labels(provider, "error" if error_code else "ok").inc()
-        self.model_seconds.labels(provider).observe(seconds)
+        self._labelled(self.model_calls, provider, "error" if error_code else "ok").inc()
+        self._labelled(self.model_seconds, provider).observe(seconds)
         if error_code:
             self.errors.labels(error_code, "model").inc()
 

@@ -12,11 +12,11 @@ the stream ends with `data: [DONE]`.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from . import jsoncodec
 from .completion import Completion, Event, Finished, Text, ToolActivity
 from .errors import HubError
 
@@ -26,7 +26,7 @@ EXTENSIONS = ("tools_executed", "mcp_tool_results", "mcp_server_errors", "turns_
 
 
 def sse(data: dict[str, Any] | str, event: str | None = None) -> str:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    payload = data if isinstance(data, str) else jsoncodec.dumps(data).decode()
     return (f"event: {event}\n" if event else "") + f"data: {payload}\n\n"
 
 

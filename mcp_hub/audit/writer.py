@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .. import jsoncodec
 from ..errors import AuditUnavailable
 from .record import CONTENT, AuditRecord
 
@@ -87,7 +88,7 @@ class AuditWriter:
         future.add_done_callback(_retrieved)  # an error nobody awaits any more (cancelled caller) is not logged
         self._pending[ident] = future
         contents = [{name: getattr(record, name) for name in SENT} for record in records]
-        process.stdin.write(json.dumps({"id": ident, "records": contents}, separators=(",", ":")).encode() + b"\n")
+        process.stdin.write(jsoncodec.dumps({"id": ident, "records": contents}) + b"\n")
         if process.stdin.transport.get_write_buffer_size() > BUFFER_LIMIT:
             await process.stdin.drain()
         return future

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from .base import ChatDelta, ChatRequest, ChatResult, ToolCallOut, Usage
 from .upstream import Upstream, upstream_message
@@ -34,7 +34,7 @@ class _Function(_Lenient):
 class _ToolCall(_Lenient):
     index: int | None = None
     id: str | None = None
-    function: _Function = _Function()
+    function: _Function = Field(default_factory=_Function)  # a factory: a model default is deep-copied per use
 
 
 class _Message(_Lenient):
@@ -43,8 +43,8 @@ class _Message(_Lenient):
 
 
 class _Choice(_Lenient):
-    message: _Message = _Message()
-    delta: _Message = _Message()
+    message: _Message = Field(default_factory=_Message)
+    delta: _Message = Field(default_factory=_Message)
     finish_reason: str | None = None
 
 
@@ -105,12 +105,14 @@ class OpenAICompatible:
 
     async def complete(self, request: ChatRequest, *, api_key: SecretStr | None = None) -> ChatResult:
         headers, secrets = self._headers(api_key)
-        data = await self.upstream.get_json("/chat/completions", method="POST", headers=headers, secrets=secrets,
-                                            json_body=self._body(request))
+        body = await self.upstream.read("/chat/completions", method="POST", headers=headers, secrets=secrets,
+                                        json_body=self._body(request))
         try:
-            completion = _Completion.model_validate(data)
-        except ValidationError:
-            raise self.upstream.failure("the answer is not a chat completion") from None
+            completion = _Completion.model_validate_json(body)
+        except ValidationError as exc:
+            invalid = exc.errors()[0]["type"] == "json_invalid"
+            raise self.upstream.failure("the answer is not JSON" if invalid else
+                                        "the answer is not a chat completion") from None
         if not completion.choices:
             raise self.upstream.failure("the answer has no choices")
         choice = completion.choices[0]

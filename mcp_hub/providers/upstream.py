@@ -13,21 +13,20 @@ hub's hottest path, two per completion, and aiohttp spends about a third of http
 from __future__ import annotations
 
 import email.utils
-import json
 import re
 import time
 import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import anyio
 import httpx2
 from pydantic import BaseModel, SecretStr, ValidationError
 from yarl import URL
 
+from .. import jsoncodec
 from ..errors import ProviderError, ProviderRateLimited, ProviderTimeout
 
 MAX_MESSAGE = 300
@@ -160,8 +159,8 @@ class Upstream:
         self._key_source = key_source
         self.timeout = timeout
         self._proxy = environment_proxy(self.base_url)
-        # Built once: a whole call runs under `anyio.fail_after`; a stream times out per step.
-        self._whole = aiohttp.ClientTimeout()
+        # Built once: a whole call has one deadline (reading the answer included); a stream times out per step.
+        self._whole = aiohttp.ClientTimeout(total=timeout)
         self._streamed = aiohttp.ClientTimeout(connect=timeout, sock_read=timeout)
 
     def key(self, override: SecretStr | None) -> str | None:
@@ -207,22 +206,19 @@ class Upstream:
         where = f"provider {self.provider!r}"
         data = None
         if json_body is not None:
-            data = json.dumps(json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            data = jsoncodec.dumps(json_body)
             headers = headers | {"content-type": "application/json"}
-        # No cancel scope around a stream: it would span the consumer's yields (an async generator).
-        deadline = nullcontext() if stream else anyio.fail_after(self.timeout)
         try:
-            with deadline:
-                response = await self._send(method, self.base_url + path, headers, data, params,
-                                            self._streamed if stream else self._whole)
-                try:
-                    if response.status >= 300:
-                        body = await response.read()
-                        message = upstream_message(body) or response.reason or ""
-                        raise self.failure(message, status=response.status, secrets=secrets, headers=response.headers)
-                    yield response
-                finally:
-                    response.release()  # back to the pool when read to the end, else the connection is closed
+            response = await self._send(method, self.base_url + path, headers, data, params,
+                                        self._streamed if stream else self._whole)
+            try:
+                if response.status >= 300:
+                    body = await response.read()
+                    message = upstream_message(body) or response.reason or ""
+                    raise self.failure(message, status=response.status, secrets=secrets, headers=response.headers)
+                yield response
+            finally:
+                response.release()  # back to the pool when read to the end, else the connection is closed
         except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
             raise ProviderTimeout(f"{where} did not answer within {self.timeout:g}s", provider=self.provider,
                                   retryable=True) from None
@@ -248,16 +244,21 @@ class Upstream:
                 raise  # aiohttp has done that already
             return await send()
 
+    async def read(self, path: str, *, headers: dict[str, str], secrets: list[str],
+                   params: dict[str, Any] | None = None, json_body: Any = None, method: str = "GET") -> bytes:
+        """A whole answer's body (non-streaming)."""
+        async with self.open(method, path, headers=headers, secrets=secrets, json_body=json_body,
+                             params=params) as response:
+            return await response.read()
+
     async def get_json(self, path: str, *, headers: dict[str, str], secrets: list[str],
                        params: dict[str, Any] | None = None, json_body: Any = None, method: str = "GET") -> Any:
         """A whole JSON answer (non-streaming)."""
-        async with self.open(method, path, headers=headers, secrets=secrets, json_body=json_body,
-                             params=params) as response:
-            body = await response.read()
-            try:
-                return json.loads(body)
-            except ValueError:
-                raise self.failure("the answer is not JSON") from None
+        body = await self.read(path, headers=headers, secrets=secrets, params=params, json_body=json_body, method=method)
+        try:
+            return jsoncodec.loads(body)
+        except ValueError:
+            raise self.failure("the answer is not JSON") from None
 
     async def events(self, response: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
         """The server-sent events of a streaming response (`event:` name defaults to "message")."""
