@@ -167,13 +167,14 @@ class GatewayEndpoint:
 
 
 ROUTES = [
+    # The hot path first: Starlette tries the routes in order.
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/openapi.json", openapi_document, methods=["GET"]),
     Route("/.well-known/jwks.json", jwks, methods=["GET"]),
     Route("/v1/servers", servers_collection, methods=["GET", "POST"]),
     Route("/v1/servers/{org}/{name}", server_item, methods=["GET", "PATCH"]),
     Route("/v1/tools/call", call_tool, methods=["POST"]),
-    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/chat/deferred-completion/{request_id}", deferred_completion, methods=["GET"]),
     Route("/v1/audit/tool-calls", audit_api.list_tool_calls, methods=["GET"]),

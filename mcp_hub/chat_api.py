@@ -63,16 +63,12 @@ async def chat_completions(request: Request) -> Response:
         if chat.deferred:
             return await _defer(hub, completion, tenant, key)
     # The time budget covers every turn and tool call, not reading the body.
-    events = within_budget(completion.events(), anyio.current_time() + settings.request_timeout,
-                           settings.request_timeout)
+    deadline = anyio.current_time() + settings.request_timeout
     if chat.stream:
-        return await _stream(hub, completion, events, tenant, key)
-    final: Finished | None = None
+        return await _stream(hub, completion, within_budget(completion.events(), deadline, settings.request_timeout),
+                             tenant, key)
     async with _settled(hub, completion, tenant, key):
-        async for event in events:
-            if isinstance(event, Finished):
-                final = event
-    assert final is not None
+        final = await final_event(completion.events(), deadline, settings.request_timeout)
     body = jsoncodec.dumps(final.body)
     if key:
         await hub.idempotency.complete(tenant, key, StoredResponse(status=200, body=body))
@@ -85,11 +81,7 @@ async def _defer(hub: Hub, completion: Completion, tenant: str, key: str | None)
 
     async def work() -> tuple[int, dict[str, Any]]:
         try:
-            final: Finished | None = None
-            async for event in within_budget(completion.events(), anyio.current_time() + budget, budget):
-                if isinstance(event, Finished):
-                    final = event
-            assert final is not None
+            final = await final_event(completion.events(), anyio.current_time() + budget, budget)
             return 200, final.body
         except HubError as exc:
             return exc.status, exc.to_body()
@@ -132,13 +124,37 @@ async def within_budget(events: AsyncIterator[Event], deadline: float, budget: f
                 return
         if scope.cancelled_caught:
             await _close(events)
-            done = f"; {len(executed)} MCP tool call(s) had completed: {', '.join(executed)}" if executed else \
-                "; no MCP tool had completed"
-            raise RequestTimeout(f"the request exceeded its time budget of {budget:g} s (request_timeout){done}",
-                                 tools_executed=executed)
+            raise _over_budget(budget, executed)
         if isinstance(event, ToolActivity) and event.type != "tool_call.started":
             executed.append(event.tool)
         yield event
+
+
+async def final_event(events: AsyncIterator[Event], deadline: float, budget: float) -> Finished:
+    """The `Finished` event that ends `events`, raising `RequestTimeout` once `deadline` has passed.
+
+    Nothing else runs between the events here, so one cancel scope spans them all.
+    """
+    executed: list[str] = []
+    final: Finished | None = None
+    with anyio.CancelScope(deadline=deadline) as scope:
+        async for event in events:
+            if isinstance(event, Finished):
+                final = event
+            elif isinstance(event, ToolActivity) and event.type != "tool_call.started":
+                executed.append(event.tool)
+    if scope.cancelled_caught:
+        await _close(events)
+        raise _over_budget(budget, executed)
+    assert final is not None
+    return final
+
+
+def _over_budget(budget: float, executed: list[str]) -> RequestTimeout:
+    done = f"; {len(executed)} MCP tool call(s) had completed: {', '.join(executed)}" if executed else \
+        "; no MCP tool had completed"
+    return RequestTimeout(f"the request exceeded its time budget of {budget:g} s (request_timeout){done}",
+                          tools_executed=executed)
 
 
 async def _close(events: AsyncIterator[Event]) -> None:

@@ -7,7 +7,8 @@
   error gives the count per server. Dropping tools silently would leave the model unable to do
   what the caller asked without saying why, so an over-full catalog is an error, not a cut.
 
-The time budget of a whole request (`request_timeout`) is kept by `chat_api.within_budget`.
+The time budget of a whole request (`request_timeout`) is kept by `chat_api.within_budget`
+(streaming) and `chat_api.final_event`.
 This module imports nothing of the loop, so that the loop can import it.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import shlex
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -187,7 +188,7 @@ class Entry(_Model):
                 raise ValueError(f"connection {name!r} carries an OAuth client; its fields must include client_id")
         return self
 
-    @property
+    @cached_property  # an entry is immutable (registrations replace entries, never edit them)
     def latest(self) -> str:
         """Highest non-deprecated, non-prerelease version (falling back to any)."""
         ranked = sorted(self.versions, key=parse_version, reverse=True)

@@ -44,9 +44,10 @@ async def test_deferred_completion_runs_in_the_background(tmp_path: Path, script
         sources: list[str] = []
         execute = hub.execute
 
-        async def recording(calls: Any, servers: Any, *, parallel: bool = True, context: Any = None) -> Any:
+        async def recording(calls: Any, servers: Any, *, parallel: bool = True, context: Any = None,
+                            **rest: Any) -> Any:
             sources.append(context.source)
-            return await execute(calls, servers, parallel=parallel, context=context)
+            return await execute(calls, servers, parallel=parallel, context=context, **rest)
 
         hub.execute = recording  # type: ignore[method-assign]
         mine = {"Authorization": f"Bearer {acme}"}

@@ -234,9 +234,10 @@ async def test_call_contexts_name_the_handoff_and_the_source(chat: tuple[httpx2.
     contexts: list[tuple[list[str], CallContext | None]] = []
     execute = hub.execute
 
-    async def recording(calls: Any, servers: Any, *, parallel: bool = True, context: CallContext | None = None) -> Any:
+    async def recording(calls: Any, servers: Any, *, parallel: bool = True, context: CallContext | None = None,
+                        **rest: Any) -> Any:
         contexts.append(([call.id for call in calls], context))
-        return await execute(calls, servers, parallel=parallel, context=context)
+        return await execute(calls, servers, parallel=parallel, context=context, **rest)
 
     hub.execute = recording  # type: ignore[method-assign]
     scripted_model.push(mixed_turn(), Reply.say("done"))
