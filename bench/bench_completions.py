@@ -476,6 +476,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             stop(proc)
     report["meta"]["total_s"] = time.perf_counter() - phase
     report["meta"]["loadavg_at_end"] = os.getloadavg()
+    report["meta"]["speed_probe_ms_at_end"] = speed_probe()
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    steal = (steal_ticks() - report["meta"]["steal_ticks_at_start"]) / ticks
+    report["meta"]["steal_share"] = steal / (report["meta"]["total_s"] * (os.cpu_count() or 1))
     if args.keep_logs:
         report["meta"]["logs"] = str(tmp)
     else:
@@ -503,6 +507,30 @@ def probe_child(parent: int) -> int:
     return children[0].pid
 
 
+def speed_probe() -> float:
+    """Milliseconds for a fixed pure-Python loop, the best of three: how fast this machine's CPU is right now.
+
+    On a shared VM the CPU's speed moves (seen here: the same loop took 280 to 500 ms within a
+    minute), and every figure of this benchmark moves with it; the probe says which runs compare.
+    """
+    best = float("inf")
+    for _ in range(3):
+        started, total = time.perf_counter(), 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
+def steal_ticks() -> int:
+    """CPU time the hypervisor gave to other guests, in clock ticks, from /proc/stat (0 if unknown)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def log(message: str, since: float) -> None:
     print(f"[{time.perf_counter() - since:6.1f}s] {message}", file=sys.stderr, flush=True)
 
@@ -513,7 +541,7 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "completions": args.completions, "block": args.block,
             "warmup": args.warmup, "clients": args.clients, "count": args.count, "loadgen": args.loadgen,
             "hub_launcher": str(args.hub_launcher) if args.hub_launcher else None,
-            "loadavg_at_start": os.getloadavg()}
+            "loadavg_at_start": os.getloadavg(), "speed_probe_ms_at_start": speed_probe(), "steal_ticks_at_start": steal_ticks()}
 
 
 def verdict(report: dict[str, Any]) -> dict[str, Any]:
@@ -532,7 +560,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"mcp-hub completions benchmark: Python {m['python']}, mcp {m['mcp']}, uvicorn {m['uvicorn']}, "
              f"{m['cpus']} CPUs, {m['date']}, {m['completions']} sequential completions, {m['clients']} clients × "
              f"{m['count']} completions ({m['loadgen']} load generator), total {m['total_s']:.0f} s, "
-             f"load average {m['loadavg_at_start'][0]:.1f} → {m['loadavg_at_end'][0]:.1f}"
+             f"load average {m['loadavg_at_start'][0]:.1f} → {m['loadavg_at_end'][0]:.1f}, "
+             f"speed probe {m['speed_probe_ms_at_start']:.0f} → {m['speed_probe_ms_at_end']:.0f} ms (lower: faster CPU), "
+             f"steal {100 * m['steal_share']:.0f}%"
              + (f", hub launcher {m['hub_launcher']}" if m.get("hub_launcher") else ""), "",
              "#### Sequential: one completion = model turn 1 (calls `echo`) → MCP tool call → model turn 2 (ms)", "",
              "Bare calls are made from the benchmark process: the hub's two model requests, byte for byte, straight "
