@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .. import jsoncodec
 from ..tool_hash import tool_hash
 
 if TYPE_CHECKING:  # annotations only: the audit writer process (child.py) must not import the MCP SDK
@@ -98,10 +99,9 @@ def _rfc3339(us: int) -> str:
 
 def capped(value: Any, limit: int) -> tuple[str, bool]:
     """`value` as JSON text, or when over `limit` bytes, a JSON string of its first bytes and a marker."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    data = text.encode()
+    data = jsoncodec.dumps(value)
     if len(data) <= limit:
-        return text, False
+        return data.decode(), False
     kept = data[:limit].decode("utf-8", "ignore")
     return json.dumps(f"{kept}\n[truncated for the audit trail: {len(data)} bytes]", ensure_ascii=False), True
 

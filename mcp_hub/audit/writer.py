@@ -121,7 +121,7 @@ class AuditWriter:
         """Resolve the futures the child acknowledges; when it ends, fail the ones it did not."""
         try:
             async for line in stdout:
-                ack = json.loads(line)
+                ack = jsoncodec.loads(line)
                 error = None if ack["ok"] else AuditUnavailable(
                     "a tool ran but its audit record could not be committed; "
                     f"the result is withheld ({ack['error']})")
