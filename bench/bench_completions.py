@@ -11,8 +11,9 @@ Then it measures, from this process:
    with the three calls a client would make without the hub: the same two model requests
    sent straight to the scripted model, and the same tool call on the bare SDK session.
    Overhead per completion = its wall time − the medians of those three bare calls; the
-   same subtraction is also made in CPU time of all processes, and with the hub's own
-   model time when the hub sends a `Server-Timing` header;
+   same subtraction is also made in CPU time of all processes, with aiohttp (the hub's
+   own model client) as the client of the hub and of the model alike, and with the hub's
+   own model time when the hub sends a `Server-Timing` header;
 2. throughput: completions/s with `--clients` concurrent clients, each on its own
    keep-alive connection (a minimal HTTP/1.1 client, so the load generator leaves the two
    cores to the rest), non-streaming then streaming, with the CPU time of every process.
@@ -43,6 +44,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import httpx2
 import mcp.types as types
@@ -230,8 +232,10 @@ def completion_body(stream: bool = False) -> dict[str, Any]:
 class Calls:
     """The measured calls, all from this process."""
 
-    def __init__(self, http: httpx2.AsyncClient, hub_url: str, model_url: str, bare: Client) -> None:
+    def __init__(self, http: httpx2.AsyncClient, hub_url: str, model_url: str, bare: Client,
+                 aio: aiohttp.ClientSession) -> None:
         self.http = http
+        self.aio = aio  # the hub's own model client (providers use aiohttp), for the second baseline
         self.hub_url = f"{hub_url}/v1/chat/completions"
         self.model_url = f"{model_url}/v1/chat/completions"
         self.bare = bare
@@ -293,6 +297,24 @@ class Calls:
     async def model_turn_2(self) -> None:
         await self.model_turn(1)
 
+    async def completion_aiohttp(self) -> None:
+        async with self.aio.post(self.hub_url, data=self.body, headers=self.json_headers) as response:
+            body = await response.read()
+            if response.status != 200 or b'"turns_consumed":2' not in body:
+                raise RuntimeError(f"hub completion (aiohttp) failed ({response.status}): {body[:500]!r}")
+
+    async def model_turn_aiohttp(self, turn: int) -> None:
+        async with self.aio.post(self.model_url, data=self.model_turns[turn], headers=self.model_headers) as response:
+            await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"bare model call (aiohttp) failed ({response.status})")
+
+    async def model_turn_1_aiohttp(self) -> None:
+        await self.model_turn_aiohttp(0)
+
+    async def model_turn_2_aiohttp(self) -> None:
+        await self.model_turn_aiohttp(1)
+
     async def tool(self) -> None:
         # The exact request the hub's session sends (no output-schema check).
         result = await self.bare.session.send_request(self.tool_request, types.CallToolResult)
@@ -310,7 +332,9 @@ async def sequential(calls: Calls, cpu: Cpu, completions: int, block: int) -> di
     """
     variants: dict[str, Callable[[], Awaitable[None]]] = {
         "hub_completion": calls.completion, "model_turn_1": calls.model_turn_1,
-        "model_turn_2": calls.model_turn_2, "bare_tool": calls.tool}
+        "model_turn_2": calls.model_turn_2, "bare_tool": calls.tool,
+        "hub_completion_aiohttp": calls.completion_aiohttp, "model_turn_1_aiohttp": calls.model_turn_1_aiohttp,
+        "model_turn_2_aiohttp": calls.model_turn_2_aiohttp}
     names = list(variants)
     samples: dict[str, list[float]] = {name: [] for name in names}
     blocks: dict[str, list[float]] = {name: [] for name in names}
@@ -344,6 +368,12 @@ async def sequential(calls: Calls, cpu: Cpu, completions: int, block: int) -> di
     overhead = [total - baseline for total in samples["hub_completion"]]
     paired = [h - a - b - c for h, a, b, c in zip(blocks["hub_completion"], blocks["model_turn_1"],
                                                   blocks["model_turn_2"], blocks["bare_tool"], strict=True)]
+    # The same subtraction with aiohttp as the client, for the hub and the model alike: the hub's
+    # providers use aiohttp, which spends less CPU per call than httpx2, so this compares the hub
+    # with a client that runs the loop itself on the hub's own HTTP client.
+    same_client = result["model_turn_1_aiohttp"]["median"] + result["model_turn_2_aiohttp"]["median"] + base["bare_tool"]
+    result["overhead_aiohttp_client"] = summary([total - same_client for total in samples["hub_completion_aiohttp"]])
+    result["baseline_aiohttp_client_ms"] = same_client
     # The same subtraction in CPU time of every process: a sequential completion's critical path is
     # mostly CPU (the model answers at once), so this is close to the wall overhead on an idle machine,
     # and other load on the machine hardly moves it.
@@ -437,8 +467,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         with open(tmp / "bare-probe.log", "a", encoding="utf-8") as errlog, anyio.fail_after(args.budget):
             params = StdioServerParameters(command=sys.executable, args=[str(PROBE)], cwd=str(ROOT))
             async with httpx2.AsyncClient(timeout=httpx2.Timeout(60), limits=limits) as http, \
+                    aiohttp.ClientSession() as aio, \
                     Client(stdio_client(params, errlog=errlog), mode="legacy", cache=None) as bare:
-                calls = Calls(http, hub_url, model_url, bare)
+                calls = Calls(http, hub_url, model_url, bare, aio)
                 t0 = time.perf_counter()
                 first = await calls.checked_completion()  # spawns the hub's probe child
                 report["meta"]["first_completion_ms"] = (time.perf_counter() - t0) * 1000
@@ -453,7 +484,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         "bare_mcp_child": probe_child(os.getpid())}
                 cpu = Cpu(pids)
                 report["meta"]["pids"] = pids
-                for fn in (calls.completion, calls.model_turn_1, calls.model_turn_2, calls.tool):
+                for fn in (calls.completion, calls.model_turn_1, calls.model_turn_2, calls.tool,
+                           calls.completion_aiohttp, calls.model_turn_1_aiohttp, calls.model_turn_2_aiohttp):
                     for _ in range(args.warmup):
                         await fn()
                 reset_model(script)
@@ -571,7 +603,9 @@ def markdown(report: dict[str, Any]) -> str:
              "| call | median | p95 | p99 | max | CPU µs/call: bench / hub / model server / MCP child |",
              "|---|---|---|---|---|---|"]
     labels = {"hub_completion": "hub completion (total)", "model_turn_1": "bare model turn 1",
-              "model_turn_2": "bare model turn 2", "bare_tool": "bare SDK `echo`"}
+              "model_turn_2": "bare model turn 2", "bare_tool": "bare SDK `echo`",
+              "hub_completion_aiohttp": "hub completion, aiohttp client",
+              "model_turn_1_aiohttp": "bare model turn 1, aiohttp", "model_turn_2_aiohttp": "bare model turn 2, aiohttp"}
     for key, label in labels.items():
         row, c = seq[key], seq[key]["cpu_us"]
         child = c["bare_mcp_child"] if key == "bare_tool" else c["mcp_child"]
@@ -581,6 +615,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append(f"| **hub overhead** = total − {seq['baseline_ms']:.3f} (the three bare medians) "
                  f"| **{o['median']:.3f}** | {o['p95']:.3f} | **{o['p99']:.3f}** | {o['max']:.3f} "
                  f"| paired (median over rounds of block differences): {seq['overhead_paired_median_ms']:.3f} |")
+    same = seq["overhead_aiohttp_client"]
+    lines.append(f"| hub overhead with an aiohttp client (the hub's model client) for the hub and the model alike = "
+                 f"total, aiohttp − {seq['baseline_aiohttp_client_ms']:.3f} | {same['median']:.3f} | {same['p95']:.3f} "
+                 f"| {same['p99']:.3f} | {same['max']:.3f} | |")
     lines.append(f"| hub overhead in CPU time: all processes' CPU per completion − that of the three bare calls "
                  f"| {seq['overhead_cpu_ms']:.3f} | | | | (≈ the wall overhead on an idle machine) |")
     if "overhead_hub_timed" in seq:
