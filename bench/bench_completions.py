@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
@@ -291,12 +292,6 @@ class Calls:
         if response.status_code != 200:
             raise RuntimeError(f"bare model call failed ({response.status_code}): {response.text[:300]}")
 
-    async def model_turn_1(self) -> None:
-        await self.model_turn(0)
-
-    async def model_turn_2(self) -> None:
-        await self.model_turn(1)
-
     async def completion_aiohttp(self) -> None:
         async with self.aio.post(self.hub_url, data=self.body, headers=self.json_headers) as response:
             body = await response.read()
@@ -309,11 +304,13 @@ class Calls:
             if response.status != 200:
                 raise RuntimeError(f"bare model call (aiohttp) failed ({response.status})")
 
-    async def model_turn_1_aiohttp(self) -> None:
-        await self.model_turn_aiohttp(0)
-
-    async def model_turn_2_aiohttp(self) -> None:
-        await self.model_turn_aiohttp(1)
+    def variants(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        """The sequential phase's calls, by name."""
+        return {"hub_completion": self.completion, "model_turn_1": partial(self.model_turn, 0),
+                "model_turn_2": partial(self.model_turn, 1), "bare_tool": self.tool,
+                "hub_completion_aiohttp": self.completion_aiohttp,
+                "model_turn_1_aiohttp": partial(self.model_turn_aiohttp, 0),
+                "model_turn_2_aiohttp": partial(self.model_turn_aiohttp, 1)}
 
     async def tool(self) -> None:
         # The exact request the hub's session sends (no output-schema check).
@@ -330,11 +327,7 @@ async def sequential(calls: Calls, cpu: Cpu, completions: int, block: int) -> di
     For each block the CPU time of every process is sampled before and after, so the CPU per
     call of each variant is known for the hub, the model server and the MCP child as well.
     """
-    variants: dict[str, Callable[[], Awaitable[None]]] = {
-        "hub_completion": calls.completion, "model_turn_1": calls.model_turn_1,
-        "model_turn_2": calls.model_turn_2, "bare_tool": calls.tool,
-        "hub_completion_aiohttp": calls.completion_aiohttp, "model_turn_1_aiohttp": calls.model_turn_1_aiohttp,
-        "model_turn_2_aiohttp": calls.model_turn_2_aiohttp}
+    variants = calls.variants()
     names = list(variants)
     samples: dict[str, list[float]] = {name: [] for name in names}
     blocks: dict[str, list[float]] = {name: [] for name in names}
@@ -484,8 +477,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         "bare_mcp_child": probe_child(os.getpid())}
                 cpu = Cpu(pids)
                 report["meta"]["pids"] = pids
-                for fn in (calls.completion, calls.model_turn_1, calls.model_turn_2, calls.tool,
-                           calls.completion_aiohttp, calls.model_turn_1_aiohttp, calls.model_turn_2_aiohttp):
+                for fn in calls.variants().values():
                     for _ in range(args.warmup):
                         await fn()
                 reset_model(script)
