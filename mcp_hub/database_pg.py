@@ -9,6 +9,7 @@ asyncio driver does (whose every round trip registers and unregisters a reader w
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -39,6 +40,9 @@ from .errors import ConfigError
 Connection = psycopg.Connection[Row]
 
 
+_VALUES = re.compile(r"(INSERT\s[^?]+?\sVALUES\s*)(\([^()]*\))\s*", re.IGNORECASE | re.DOTALL)
+
+
 def _sql(sql: str) -> str:
     """`?` placeholders as psycopg's `%s` (a literal `%` doubled)."""
     return sql.replace("%", "%%").replace("?", "%s")
@@ -56,6 +60,16 @@ def _do(connection: Connection, method: Method, sql: str, params: Any) -> Any:
     if method == "fetch_all":
         return cursor.fetchall()
     return cursor.rowcount if method == "execute" else None
+
+
+def _many(cursor: psycopg.ClientCursor[Any], sql: str, rows: Sequence[Params]) -> list[str]:
+    """`sql` bound to each of `rows`; an `INSERT … VALUES (?, …)` as one multi-row INSERT, which the
+    server parses and plans once (statement by statement, that was most of its CPU per audit record)."""
+    match = _VALUES.fullmatch(sql)
+    if match is None:
+        return [cursor.mogrify(_sql(sql), tuple(row)) for row in rows]
+    head, group = match[1], _sql(match[2])
+    return [head + ", ".join(cursor.mogrify(group, tuple(row)) for row in rows)] if rows else []
 
 
 def _run_batched(connection: Connection, steps: Steps[T]) -> T:
@@ -82,7 +96,7 @@ def _run_batched(connection: Connection, steps: Steps[T]) -> T:
             if method == "send":
                 pending.append(cursor.mogrify(_sql(sql), tuple(params)))
             elif method == "execute_many":
-                pending.extend(cursor.mogrify(_sql(sql), tuple(row)) for row in params)
+                pending.extend(_many(cursor, sql, params))
             else:
                 flush(cursor.mogrify(_sql(sql), tuple(params)))
                 result = cursor.rowcount if method == "execute" else \

@@ -3,6 +3,8 @@ evidence (the database edited directly), retention, and concurrent writers."""
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -11,9 +13,11 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mcp_hub.audit import AuditStore, AuditTrail, Filters
 from mcp_hub.audit.record import GENESIS, AuditRecord, chain_hash, micros
+from mcp_hub.audit.writer import SENT
 from mcp_hub.database import Database, open_database
 
 
@@ -183,6 +187,35 @@ async def test_retention_prunes_a_prefix_and_what_remains_verifies(store: AuditS
     await sql(database, "DELETE FROM audit_records WHERE tenant = ? AND seq = ?", ("acme", 4))
     broken = (await store.verify("acme")).broken
     assert broken is not None and broken["seq"] == 4
+
+
+async def test_the_writer_process_does_not_hold_records_longer_than_the_commit_delay(database: Database) -> None:
+    """Records that queued up behind a slow commit have waited already: the writer process counts the
+    commit delay from when the hub handed each over (`t`), not from when it read them."""
+    store = AuditStore(database)
+    await store.migrate()
+    config = {"where": database.where(), "max_batch": 512, "commit_delay": 600.0}
+    handed = time.monotonic() - 601  # both lines waited out the delay before the child read them
+    lines = [{"id": n, "t": handed, "records": [{name: getattr(make(), name) for name in SENT}]} for n in (1, 2)]
+    process = await anyio.open_process([sys.executable, "-m", "mcp_hub.audit.child"])
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        out = BufferedByteReceiveStream(process.stdout)
+        await process.stdin.send(json.dumps(config).encode() + b"\n")
+        assert json.loads(await out.receive_until(b"\n", 1 << 16)) == {"ready": True}
+        # Two lines at once: concurrent writes, which would make a transaction wait for more.
+        await process.stdin.send(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+        with anyio.fail_after(30):  # far less than the delay
+            ack = json.loads(await out.receive_until(b"\n", 1 << 16))
+        await process.stdin.aclose()
+        assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.aclose()
+    assert ack["ok"] is True and ack["ids"] == [1, 2] and ack["records"] == 2
+    verification = await store.verify("acme")
+    assert verification.checked == 2 and verification.broken is None
 
 
 async def test_concurrent_writers_on_separate_connections_keep_one_chain(database_url: str | None, tmp_path: Path) -> None:

@@ -108,6 +108,8 @@ async def test_run_executes_a_generator_transaction(database: Database) -> None:
 
     def add(key: str, fail: bool = False):  # type: ignore[no-untyped-def]
         yield ("execute_many", "INSERT INTO notes (id, body, n) VALUES (?, ?, ?)", [(key, "it's 100%", 1), (f"{key}2", "?", 2)])
+        yield ("execute_many", "INSERT INTO notes (id, body, n) VALUES (?, ?, ?)", [])
+        yield ("execute_many", "INSERT INTO notes (id, body, n) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", [(key, "x", 5)])
         yield ("send", "UPDATE notes SET n = n + 10 WHERE id = ?", (key,))
         row = yield ("fetch_one", "SELECT n, body FROM notes WHERE id = ?", (key,))
         count = yield ("execute", "UPDATE notes SET score = ? WHERE n < ?", (1.5, 100))

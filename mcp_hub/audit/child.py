@@ -4,7 +4,7 @@ The hub's event loop is its bottleneck under load; this process takes the hashin
 and the commits off it (and off its GIL). The protocol is JSON lines:
 
 - hub -> child, first line: `{"where": Database.where(), "max_batch": int, "commit_delay": float}`; then one line per
-  `write()`: `{"id": int, "records": [record content, ...]}`.
+  `write()`: `{"id": int, "t": time.monotonic() when handed over, "records": [record content, ...]}`.
 - child -> hub, first `{"ready": true}` once its connection is open (or `{"ready": false, "error": ...}`),
   then one line per transaction: `{"ids": [int, ...], "ok": true, "records": n, "seconds": s}`
   once those writes are committed, or `{"ids": [...], "ok": false, "error": "<exception type>"}`.
@@ -30,11 +30,13 @@ from .record import AuditRecord
 from .store import AuditStore
 
 READ_SIZE = 1 << 20
-# Under concurrency a transaction waits up to `commit_delay` seconds (setting audit_commit_delay)
-# for more writes, as PostgreSQL's commit_delay with commit_siblings does: fewer commits (and
-# fsyncs), a little more latency per tool call. Concurrency shows itself when writes queue up
-# while a transaction commits (two or more waiting); waiting stops once MISSES waits in a row
-# gathered nothing, so an idle hub, or one client calling tools one after another, does not wait.
+# Under concurrency a transaction waits for more writes, as PostgreSQL's commit_delay with
+# commit_siblings does: fewer commits (and fsyncs), a little more latency per tool call. It waits
+# until its oldest write has waited `commit_delay` seconds (setting audit_commit_delay) since the
+# hub handed it over, so writes that queued up during the last commit (a slow fsync) do not wait
+# a whole delay more. Concurrency shows itself when writes queue up while a transaction commits
+# (two or more waiting); waiting stops once MISSES waits in a row gathered nothing, so an idle
+# hub, or one client calling tools one after another, does not wait.
 MISSES = 2
 
 
@@ -79,8 +81,10 @@ def main() -> int:
             queued = buffer.count(b"\n")
             if delay and queued >= 2:
                 misses = 0
-            if delay and misses < MISSES and queued < max_batch:
-                more = _gather(stdin, delay)  # let concurrent writes share the transaction
+            if delay and misses < MISSES and 0 < queued < max_batch:
+                oldest = float(jsoncodec.loads(buffer[:buffer.index(b"\n")])["t"])
+                wait = min(delay, oldest + delay - time.monotonic())
+                more = _gather(stdin, wait)  # let concurrent writes share the transaction
                 misses = 0 if b"\n" in more else misses + 1
                 buffer += more
             *lines, buffer = buffer.split(b"\n")
@@ -96,9 +100,10 @@ def main() -> int:
 
 
 def _gather(fd: int, seconds: float) -> bytes:
-    """What arrives on `fd` within `seconds`: one sleep, then what is there (a wake-up per write would
-    cost both processes CPU that the cores, shared with the hub, do not have under load)."""
-    time.sleep(seconds)
+    """What arrives on `fd` within `seconds` (at most the delay): one sleep, then what is there (a wake-up
+    per write would cost both processes CPU that the cores, shared with the hub, do not have under load)."""
+    if seconds > 0:
+        time.sleep(seconds)
     data = b""
     while select.select([fd], [], [], 0)[0]:
         chunk = os.read(fd, READ_SIZE)

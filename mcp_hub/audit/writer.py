@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -88,7 +89,8 @@ class AuditWriter:
         future.add_done_callback(_retrieved)  # an error nobody awaits any more (cancelled caller) is not logged
         self._pending[ident] = future
         contents = [{name: getattr(record, name) for name in SENT} for record in records]
-        process.stdin.write(jsoncodec.dumps({"id": ident, "records": contents}) + b"\n")
+        line = {"id": ident, "t": time.monotonic(), "records": contents}  # t: the child's commit delay counts from here
+        process.stdin.write(jsoncodec.dumps(line) + b"\n")
         if process.stdin.transport.get_write_buffer_size() > BUFFER_LIMIT:
             await process.stdin.drain()
         return future
