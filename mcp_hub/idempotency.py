@@ -9,15 +9,19 @@ runs twice because of a retry.
 The records live in the hub's `StateStore`, so a retry that lands on another hub
 instance sharing the store is answered the same way. A claim is one atomic
 `put_new` ({"state": "running"}, held for `lease` seconds so that the claim of an
-instance that died lapses); completing replaces it with {"state": "done", "response"}
-for `ttl` seconds. A waiting retry re-reads the record after each `changed` hint,
-backing off from 20 ms to 500 ms between reads.
+instance that died lapses, and naming the claim by a random `claim` id); completing
+replaces it with {"state": "done", "response"} for `ttl` seconds, and abandoning deletes
+it, each only while the record is still this claim (`swap`): a claim that lapsed and was
+taken over by a retry is not touched. A waiting retry re-reads the record after each
+`changed` hint, backing off from 20 ms to 500 ms between reads.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import logging
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +30,7 @@ import anyio
 from .errors import IdempotencyConflict
 from .state import StateStore
 
+log = logging.getLogger("mcp_hub.idempotency")
 _FIRST_POLL, _MAX_POLL = 0.02, 0.5
 _SETTLE_TIMEOUT = 10.0  # seconds a complete/abandon may take, shielded from cancellation
 
@@ -65,7 +70,7 @@ class IdempotencyStore:
         self.ttl = ttl
         self.wait = wait
         self.lease = lease if lease is not None else wait
-        self._claimed: dict[tuple[str, str], str] = {}  # this process's running claims -> fingerprint
+        self._claimed: dict[tuple[str, str], dict[str, str]] = {}  # this process's running claims -> their record
 
     @staticmethod
     def _key(key: str) -> str:
@@ -79,9 +84,9 @@ class IdempotencyStore:
             while True:
                 record = await self.state.get(tenant, slot)
                 if record is None:
-                    running = {"state": "running", "fingerprint": body_fingerprint}
+                    running = {"state": "running", "fingerprint": body_fingerprint, "claim": secrets.token_hex(16)}
                     if await self.state.put_new(tenant, slot, running, self.lease):
-                        self._claimed[(tenant, key)] = body_fingerprint
+                        self._claimed[(tenant, key)] = running
                         return None
                     continue  # another attempt claimed it meanwhile
                 if record["fingerprint"] != body_fingerprint:
@@ -94,15 +99,21 @@ class IdempotencyStore:
                 poll = min(poll * 2, _MAX_POLL)
 
     async def complete(self, tenant: str, key: str, response: StoredResponse) -> None:
-        body_fingerprint = self._claimed.pop((tenant, key), None)
-        if body_fingerprint is None:
+        running = self._claimed.pop((tenant, key), None)
+        if running is None:
             return  # not claimed here (or already settled)
-        record = {"state": "done", "fingerprint": body_fingerprint, "response": response.to_json()}
+        record = {"state": "done", "fingerprint": running["fingerprint"], "response": response.to_json()}
+        slot = self._key(key)
         with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_TIMEOUT):
-            await self.state.put(tenant, self._key(key), record, self.ttl)
+            # Our claim lapsed (a run longer than the lease)? Store the response if the slot is free;
+            # a retry that claimed it meanwhile is running the request itself and keeps its claim.
+            if not await self.state.swap(tenant, slot, running, record, self.ttl) \
+                    and not await self.state.put_new(tenant, slot, record, self.ttl):
+                log.warning("idempotency: a request outlived its claim's lease (%g s); a retry took it over", self.lease)
 
     async def abandon(self, tenant: str, key: str) -> None:
-        if self._claimed.pop((tenant, key), None) is None:
+        running = self._claimed.pop((tenant, key), None)
+        if running is None:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_TIMEOUT):
-            await self.state.delete(tenant, self._key(key))
+            await self.state.swap(tenant, self._key(key), running, None, 0)  # only our own claim

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 from collections.abc import AsyncIterator
@@ -17,7 +16,6 @@ import mcp.types as types
 import openai
 import pytest
 
-from mcp_hub import completion
 from mcp_hub.app import create_app
 from mcp_hub.errors import RequestError
 from mcp_hub.hub import Hub
@@ -145,8 +143,6 @@ def test_tool_count_names_each_server() -> None:
     assert "at most 6" in error.message
 
 
-@pytest.mark.skipif("check_tool_count" not in inspect.getsource(completion),
-                    reason="needs the completion loop to call limits.check_tool_count after listing tools")
 async def test_too_many_mcp_tools(tmp_path: Path, scripted_model: ScriptedModel) -> None:
     async with client(hub_settings(tmp_path, scripted_model, max_tools_per_request=5)) as (http, _):
         body = assert_error(await http.post("/v1/chat/completions", json=ask(mcp_servers=["test/probe"])), 400,

@@ -102,6 +102,22 @@ async def test_put_new_is_first_writer_wins(handles: Handles) -> None:
     assert len(winners) == 1 and await one.get("t", "k") == winners[0]
 
 
+async def test_swap_replaces_or_deletes_only_the_expected_value(handles: Handles) -> None:
+    one, two = await handles(), await handles()
+    mine, theirs = {"state": "running", "claim": "a"}, {"state": "running", "claim": "b"}
+    assert not await one.swap("t", "k", mine, {"state": "done"}, ttl=60)  # nothing there: nothing stored
+    assert await one.get("t", "k") is None
+    await one.put("t", "k", theirs, ttl=60)
+    assert not await two.swap("t", "k", mine, None, ttl=60)  # someone else's value stays
+    assert await one.get("t", "k") == theirs
+    assert await two.swap("t", "k", theirs, {"state": "done", "n": 1}, ttl=60)
+    assert await one.get("t", "k") == {"state": "done", "n": 1}
+    assert await one.swap("t", "k", {"state": "done", "n": 1}, None, ttl=60)
+    assert await two.get("t", "k") is None
+    assert await one.put_new("t", "k", mine, ttl=60)  # deleted: free again
+    assert await two.swap("other", "k", mine, None, ttl=60) is False  # per tenant
+
+
 async def test_values_expire(handles: Handles) -> None:
     store = await handles()
     await store.put("t", "short", {"x": 1}, ttl=0.2)
@@ -230,6 +246,51 @@ async def test_the_claim_of_an_instance_that_died_lapses(handles: Handles) -> No
     started = time.monotonic()
     assert await retry.claim("acme", "key", "fp") is None
     assert time.monotonic() - started < 5
+
+
+async def test_a_lapsed_claim_does_not_settle_over_the_retry_that_took_it(handles: Handles) -> None:
+    """A request outlives its claim's lease; a retry claims the key and runs. The first one's
+    abandon must not delete the retry's claim, nor its completion overwrite it."""
+    slow = IdempotencyStore(await handles(), lease=0.2)
+    assert await slow.claim("acme", "key", "fp") is None
+    retry = IdempotencyStore(await handles(), wait=5)
+    assert await retry.claim("acme", "key", "fp") is None  # once the lease lapsed
+    states = await handles()
+    taken = await states.get("acme", "idempotency:key")
+    assert taken["state"] == "running"
+    await slow.abandon("acme", "key")
+    assert await states.get("acme", "idempotency:key") == taken
+    await slow.complete("acme", "key", RESPONSE)  # already settled by the abandon: nothing happens
+    assert await states.get("acme", "idempotency:key") == taken
+    third = IdempotencyStore(await handles(), wait=0.1)
+    with pytest.raises(TimeoutError):  # the retry still holds the key
+        await third.claim("acme", "key", "fp")
+    await retry.complete("acme", "key", RESPONSE)
+    assert await third.claim("acme", "key", "fp") == RESPONSE
+
+
+async def test_a_completion_after_the_lease_lapsed_is_kept_when_nobody_took_over(handles: Handles) -> None:
+    slow = IdempotencyStore(await handles(), lease=0.2)
+    assert await slow.claim("acme", "key", "fp") is None
+    states = await handles()
+
+    async def lapsed() -> bool:
+        return await states.get("acme", "idempotency:key") is None
+
+    await eventually(lapsed)
+    await slow.complete("acme", "key", RESPONSE)
+    assert await IdempotencyStore(await handles()).claim("acme", "key", "fp") == RESPONSE
+
+
+async def test_a_late_completion_leaves_the_retry_that_took_over_alone(handles: Handles) -> None:
+    slow = IdempotencyStore(await handles(), lease=0.2)
+    assert await slow.claim("acme", "key", "fp") is None
+    retry = IdempotencyStore(await handles(), wait=5)
+    assert await retry.claim("acme", "key", "fp") is None
+    states = await handles()
+    taken = await states.get("acme", "idempotency:key")
+    await slow.complete("acme", "key", StoredResponse(status=200, body=b'{"late": true}'))
+    assert await states.get("acme", "idempotency:key") == taken
 
 
 # -- rate limits ---------------------------------------------------------------------------------

@@ -42,6 +42,10 @@ class StateStore(Protocol):
     async def delete(self, tenant: str, key: str) -> None:
         """Forget (tenant, key); nothing happens if it is absent."""
 
+    async def swap(self, tenant: str, key: str, expected: JSON, value: JSON | None, ttl: float) -> bool:
+        """If (tenant, key) holds `expected`, replace it with `value` for `ttl` seconds (None: delete it),
+        atomically; False, changing nothing, if it holds anything else or nothing."""
+
     async def changed(self, tenant: str, key: str, timeout: float) -> None:
         """Return once (tenant, key) may have changed, or after `timeout` seconds at the latest.
 

@@ -71,6 +71,16 @@ class MemoryStore:
         if self._values.pop((tenant, key), None) is not None:
             self._notify((tenant, key))
 
+    async def swap(self, tenant: str, key: str, expected: JSON, value: JSON | None, ttl: float) -> bool:
+        now = self._clock()
+        if self._live((tenant, key), now) != json.dumps(expected):
+            return False
+        if value is None:
+            await self.delete(tenant, key)
+        else:
+            self._set((tenant, key), value, ttl, now)
+        return True
+
     async def changed(self, tenant: str, key: str, timeout: float) -> None:
         event = self._events.setdefault((tenant, key), anyio.Event())
         with anyio.move_on_after(timeout):

@@ -1,8 +1,9 @@
 """The Redis `StateStore` (`redis://`, `rediss://`, `unix://`): shared by every hub using the same Redis.
 
 Keys, under `state_prefix` (default `mcp-hub:`):
-- `<prefix>t:<tenant>:<key>`: a stored JSON value, `SET ... PX <ttl>` (`NX` for `put_new`);
-  the tenant is percent-quoted so that no tenant can reach into another's keys.
+- `<prefix>t:<tenant>:<key>`: a stored JSON value, `SET ... PX <ttl>` (`NX` for `put_new`, a Lua
+  compare-and-set for `swap`); the tenant is percent-quoted so that no tenant can reach into
+  another's keys.
 - `<prefix>rl:<caller>`: a rate-limit token bucket, a hash {tokens, at} updated by one Lua
   script (atomic), expiring once the bucket would be full again.
 """
@@ -47,6 +48,20 @@ return {allowed, tostring(tokens)}
 """
 
 
+# KEYS[1] value; ARGV expected JSON text, new JSON text ('' deletes: no JSON text is empty), ttl ms.
+_SWAP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+"""
+
+
 def _millis(ttl: float) -> int:
     return max(1, math.ceil(ttl * 1000))
 
@@ -67,6 +82,7 @@ class RedisStore:
         self.url = url
         self.prefix = prefix
         self._client: aioredis.Redis | None = None
+        self._swap: Any = None  # the registered _SWAP script
 
     @property
     def client(self) -> aioredis.Redis:
@@ -87,7 +103,7 @@ class RedisStore:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         if self._client is not None:
-            client, self._client = self._client, None
+            client, self._client, self._swap = self._client, None, None
             await client.aclose()
 
     def key(self, tenant: str, key: str) -> str:
@@ -105,6 +121,12 @@ class RedisStore:
 
     async def delete(self, tenant: str, key: str) -> None:
         await self.client.delete(self.key(tenant, key))
+
+    async def swap(self, tenant: str, key: str, expected: JSON, value: JSON | None, ttl: float) -> bool:
+        if self._swap is None:
+            self._swap = self.client.register_script(_SWAP)
+        new = "" if value is None else json.dumps(value)
+        return bool(await self._swap(keys=[self.key(tenant, key)], args=[json.dumps(expected), new, _millis(ttl)]))
 
     async def changed(self, tenant: str, key: str, timeout: float) -> None:
         await anyio.sleep(timeout)  # no notification across processes: the caller polls
