@@ -29,7 +29,7 @@ from .observability import Observability
 from .ratelimit import RateLimiting
 from .registry import Entry, Registry
 from .settings import Settings
-from .views import entry_detail, entry_summary, tool_view
+from .views import entry_detail, entry_summary, tool_view, with_source
 
 log = logging.getLogger("mcp_hub")
 
@@ -68,21 +68,14 @@ async def list_servers(request: Request) -> JSONResponse:
     if query:
         entries = [entry for entry in entries
                    if query in entry.slug or query in entry.description.lower() or any(query in t for t in entry.tags)]
-    return JSONResponse({"object": "list", "data": [_marketplace_view(hub, entry_summary(entry)) for entry in entries]})
-
-
-def _marketplace_view(hub: Hub, view: dict[str, Any]) -> dict[str, Any]:
-    """Where an entry comes from (the registry file or the API) and whether it is unlisted."""
-    slug = view["slug"]
-    return {**view, "source": "registered" if hub.registry.is_registered(slug) else "registry_file",
-            "unlisted": slug in hub.registry.unlisted}
+    return JSONResponse({"object": "list", "data": [with_source(hub.registry, entry_summary(entry)) for entry in entries]})
 
 
 async def get_server(request: Request) -> JSONResponse:
     hub = _hub(request)
     entry: Entry = hub.entry(f"{request.path_params['org']}/{request.path_params['name']}")
     version = request.query_params.get("version")
-    detail = _marketplace_view(hub, entry_detail(entry))
+    detail = with_source(hub.registry, entry_detail(entry))
     key = entry.match(version)
     if key is None:
         raise RequestError(f"{entry.slug} has no version matching {version!r}", code="version_not_found", param="version")

@@ -22,11 +22,13 @@ from . import __version__, audit_cli, marketplace_cli
 from .apikeys import ROLES, open_key_store
 from .authentication import is_loopback
 from .credentials import Credential
+from .database import open_database
 from .errors import HubError, ServerError
 from .executor import CallContext
 from .hub import Hub
+from .registrations import RegistrationStore
 from .settings import Settings
-from .views import entry_summary, tool_view
+from .views import entry_summary, tool_view, with_source
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -73,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(revoke)
     revoke.add_argument("key_id")
 
-    servers = commands.add_parser("servers", help="list the registry")
+    servers = commands.add_parser("servers", help="list the registry file's servers and the published ones")
     _common(servers)
     servers.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    servers.add_argument("--all", action="store_true", help="unlisted published servers too")
 
     tools = commands.add_parser("tools", help="list a server's live tools")
     _common(tools)
@@ -127,15 +130,22 @@ def _short(text: str | None, width: int = 60) -> str:
     return textwrap.shorten(" ".join((text or "").split()), width=width, placeholder="…")
 
 
-def cmd_servers(args: argparse.Namespace) -> int:
-    hub = Hub(_settings(args))
-    summaries = [entry_summary(entry) for entry in hub.registry.entries()]
+async def _servers(args: argparse.Namespace) -> int:
+    """The registry file's servers and those published through the API (the records database)."""
+    settings = _settings(args)
+    hub = Hub(settings)
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    async with open_database(url, settings.records_path) as database:
+        entries, unlisted, _ = await (await RegistrationStore(database).open()).load()
+    hub.registry.set_registered(entries, unlisted)
+    summaries = [with_source(hub.registry, entry_summary(entry)) for entry in hub.registry.entries()
+                 if args.all or entry.slug not in unlisted]
     if args.json:
         print(json.dumps(summaries, indent=2))
         return 0
-    rows = [[s["slug"], s["latest"], s["kind"], ",".join(s["connections"]) or "-", _short(s["description"], 50)]
-            for s in summaries]
-    print(table(rows, ["SLUG", "LATEST", "KIND", "CONNECTIONS", "DESCRIPTION"]))
+    rows = [[s["slug"], s["latest"], s["kind"], "registered" if s["source"] == "registered" else "file",
+             ",".join(s["connections"]) or "-", _short(s["description"], 50)] for s in summaries]
+    print(table(rows, ["SLUG", "LATEST", "KIND", "SOURCE", "CONNECTIONS", "DESCRIPTION"]))
     return 0
 
 
@@ -266,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return cmd_serve(args)
         if args.command == "servers":
-            return cmd_servers(args)
+            return anyio.run(_servers, args)
         if args.command == "rotate-encryption-key":
             return cmd_rotate_encryption_key(args)
         if args.command == "keys":

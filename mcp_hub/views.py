@@ -6,7 +6,7 @@ from typing import Any
 
 import mcp.types as types
 
-from .registry import Entry, Version
+from .registry import Entry, Registry, Version
 
 
 def _version_view(key: str, version: Version) -> dict[str, Any]:
@@ -29,6 +29,13 @@ def entry_summary(entry: Entry) -> dict[str, Any]:
         "versions": sorted(entry.versions),
         "connections": sorted(entry.connections),
     }
+
+
+def with_source(registry: Registry, view: dict[str, Any]) -> dict[str, Any]:
+    """`view` of an entry plus where it comes from (the registry file or the API) and whether it is unlisted."""
+    slug = view["slug"]
+    return {**view, "source": "registered" if registry.is_registered(slug) else "registry_file",
+            "unlisted": slug in registry.unlisted}
 
 
 def entry_detail(entry: Entry) -> dict[str, Any]:

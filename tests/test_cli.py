@@ -37,8 +37,8 @@ def test_servers_table_and_json(registry_file: Path) -> None:
     result = run(registry_file, "servers")
     assert result.returncode == 0, result.stderr
     header, rule, row = result.stdout.splitlines()
-    assert header.split() == ["SLUG", "LATEST", "KIND", "CONNECTIONS", "DESCRIPTION"]
-    assert row.split()[:4] == ["test/probe", "1.0.0", "hosted", "probe"]
+    assert header.split() == ["SLUG", "LATEST", "KIND", "SOURCE", "CONNECTIONS", "DESCRIPTION"]
+    assert row.split()[:5] == ["test/probe", "1.0.0", "hosted", "file", "probe"]
     listed = json.loads(run(registry_file, "servers", "--json").stdout)
     assert listed[0]["slug"] == "test/probe"
 

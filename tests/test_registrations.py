@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -81,6 +82,34 @@ async def test_published_server_is_usable_everywhere(market: tuple[httpx2.AsyncC
     # Persisted: a second hub on the same database resolves it at start.
     async with Hub(market_settings, Registry.from_data({"servers": {}}, root=ROOT)) as other:
         assert other.registry.get("acme/probe") is not None
+
+
+async def test_the_servers_command_lists_published_servers(market: tuple[httpx2.AsyncClient, Hub],
+                                                          market_settings: Settings, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    http, hub = market
+    admin, _ = await hub.keys.create("ops", "admin", "admin")
+    for slug in ("acme/probe", "acme/hidden"):
+        created = await http.post("/v1/servers", headers=_auth(admin), json={
+            "slug": slug, "description": "A published probe", "version": PROBE_VERSION})
+        assert created.status_code == 201, created.text
+    hidden = await http.patch("/v1/servers/acme/hidden", headers=_auth(admin), json={"unlisted": True})
+    assert hidden.status_code == 200, hidden.text
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(yaml.safe_dump({"servers": {"test/probe": probe_entry()}}))
+    data = ["--data-dir", str(market_settings.data_dir), "--registry", str(registry)]
+    if market_settings.database_url is not None:
+        data += ["--database-url", market_settings.database_url.get_secret_value()]
+
+    async def listed(*extra: str) -> list[tuple[str, str]]:
+        assert await anyio.to_thread.run_sync(main, ["servers", "--json", *extra, *data]) == 0
+        return [(s["slug"], s["source"]) for s in json.loads(capsys.readouterr().out)]
+
+    assert await listed() == [("acme/probe", "registered"), ("test/probe", "registry_file")]
+    assert ("acme/hidden", "registered") in await listed("--all")
+    assert await anyio.to_thread.run_sync(main, ["servers", *data]) == 0
+    rows = [line.split()[:4] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == [["acme/probe", "1.0.0", "hosted", "registered"], ["test/probe", "1.0.0", "hosted", "file"]]
 
 
 async def test_versions_are_validated_immutable_deprecatable(market: tuple[httpx2.AsyncClient, Hub]) -> None:
