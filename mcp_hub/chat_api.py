@@ -15,8 +15,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from . import jsoncodec
 from .bodies import decode_json, read_body
 from .chat_request import ChatCompletionRequest
-from .completion import Completion, Event, Finished, ToolActivity
+from .completion import Completion
 from .errors import HubError, NotFound, RequestTimeout
+from .events import Event, Finished, ToolActivity
 from .hub import Hub
 from .idempotency import StoredResponse, fingerprint
 from .limits import check_client_tools, check_servers

@@ -39,49 +39,23 @@ from pydantic import SecretStr
 from .audit import Commits
 from .catalog import ToolCatalog
 from .chat_request import ChatCompletionRequest, ModelChoice
+from .conversation import (
+    arguments_or_text,
+    assistant_message,
+    attach_orphan_tool_results,
+    tool_answer,
+    wire_call,
+)
 from .errors import NotFound, ProviderError
+from .events import Event, Finished, Text, ToolActivity
 from .executor import CallContext, ToolCall, ToolResult
 from .handoff import DeferredCall, Handoff, Resume, new_correlation_id, trailing_tool_run, without_credentials
 from .hub import Hub, Servers, parse_credentials
 from .limits import check_tool_count
-from .providers.base import ChatRequest, ChatResult, ToolCallOut, Usage
+from .providers.base import ChatRequest, ChatResult, ToolCallOut, Usage, assemble
 from .references import TurnGraph, arguments_object, client_value, substitute, waves
 from .rendering import render_for_model
 from .scrubbing import Scrubber, TextStream
-
-
-@dataclass
-class Text:
-    """A content delta, as the model produced it."""
-
-    text: str
-
-
-@dataclass
-class ToolActivity:
-    """A server-side tool call started, completed or failed."""
-
-    type: str  # tool_call.started | tool_call.completed | tool_call.failed
-    call_id: str
-    server: str
-    tool: str
-    duration_ms: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        event: dict[str, Any] = {"type": self.type, "call_id": self.call_id, "server": self.server, "tool": self.tool}
-        if self.duration_ms is not None:
-            event["duration_ms"] = self.duration_ms
-        return event
-
-
-@dataclass
-class Finished:
-    """The complete `chat.completion` body."""
-
-    body: dict[str, Any]
-
-
-Event = Text | ToolActivity | Finished
 
 
 @dataclass
@@ -191,7 +165,7 @@ class Completion:
         if resume.handoff is not None or resume.deferred_calls is not None:
             async for event in self._resume(resume, messages, catalog, servers, parallel):
                 yield event
-        messages = _attach_orphan_tool_results(messages, request.tools or [])
+        messages = attach_orphan_tool_results(messages, request.tools or [])
         while True:
             result: ChatResult | None = None
             async for piece in self._model_turn(messages, catalog):
@@ -236,9 +210,9 @@ class Completion:
             if client_calls:
                 yield Finished(self._body(result.content, client_calls, "tool_calls", servers))
                 return
-            messages.append(_assistant_message(result.content, mcp_calls + unknown))
+            messages.append(assistant_message(result.content, mcp_calls + unknown))
             for call in mcp_calls + unknown:
-                messages.append({"role": "tool", "tool_call_id": call.id, "content": _answer(rendered, call)})
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": tool_answer(rendered, call)})
 
     def _context(self, *, turn: int | None, source: str | None = None) -> CallContext:
         return CallContext(tenant=self.tenant, key_id=self.key_id, request_id=self.id, model=self._state.model,
@@ -327,13 +301,13 @@ class Completion:
             deferred = handoff.deferred
         else:
             assert resume.deferred_calls is not None
-            rebuilt = _attach_orphan_tool_results(messages, self.request.tools or [])
+            rebuilt = attach_orphan_tool_results(messages, self.request.tools or [])
             start = trailing_tool_run(rebuilt)
             asked = rebuilt[start - 1] = dict(rebuilt[start - 1])
             known = {str(call.get("id")) for call in asked.get("tool_calls") or []} | set(answers)
             deferred = [call for call in resume.deferred_calls if call.id not in known]
             asked["tool_calls"] = [*(asked.get("tool_calls") or []), *(
-                _wire_call(ToolCallOut(id=call.id, name=call.name, arguments=json.dumps(call.arguments)))
+                wire_call(ToolCallOut(id=call.id, name=call.name, arguments=json.dumps(call.arguments)))
                 for call in deferred)]
             values = {call_id: client_value(answer.get("content")) for call_id, answer in answers.items()}
         rendered: dict[str, str] = {}
@@ -389,8 +363,8 @@ class Completion:
         record = {
             "correlation_id": self.correlation_id,
             "conversation": messages,
-            "assistant": _assistant_message(result.content, result.tool_calls),
-            "tool_messages": [{"role": "tool", "tool_call_id": call.id, "content": _answer(rendered, call)}
+            "assistant": assistant_message(result.content, result.tool_calls),
+            "tool_messages": [{"role": "tool", "tool_call_id": call.id, "content": tool_answer(rendered, call)}
                               for call in answered],
             "server_values": values,
             "client_calls": [{"id": call.id, "name": call.name} for call in client_calls],
@@ -428,10 +402,10 @@ class Completion:
                     result = await provider.complete(call, api_key=self.provider_key)
                 else:
                     result = None
-                    async for piece in _assemble(provider.stream(call, api_key=self.provider_key)):
-                        if isinstance(piece, Text):
+                    async for piece in assemble(provider.stream(call, api_key=self.provider_key)):
+                        if isinstance(piece, str):
                             produced = True
-                            yield piece
+                            yield Text(piece)
                         else:
                             result = piece
                     assert result is not None
@@ -458,7 +432,7 @@ class Completion:
 
     def _describe_call(self, call: ToolCallOut, catalog: ToolCatalog) -> dict[str, Any]:
         tool = catalog.mcp(call.name)
-        described: dict[str, Any] = {"id": call.id, "name": call.name, "arguments": _arguments_object(call.arguments)}
+        described: dict[str, Any] = {"id": call.id, "name": call.name, "arguments": arguments_or_text(call.arguments)}
         if tool is not None:
             described |= {"server_name": tool.server, "tool_name": tool.tool.name}
         return described
@@ -468,7 +442,7 @@ class Completion:
         state = self._state
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if tool_calls:
-            message["tool_calls"] = [_wire_call(call) for call in tool_calls]
+            message["tool_calls"] = [wire_call(call) for call in tool_calls]
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -481,79 +455,3 @@ class Completion:
             "mcp_server_errors": servers.error_entries(),
             "turns_consumed": state.turns,
         }
-
-
-def _arguments_object(raw: str) -> Any:
-    try:
-        return json.loads(raw) if raw else {}
-    except ValueError:
-        return raw
-
-
-def _wire_call(call: ToolCallOut) -> dict[str, Any]:
-    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
-
-
-def _attach_orphan_tool_results(messages: list[dict[str, Any]], client_tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Give every `tool` message an assistant message that asked for it (PROTOCOL.md 3, item 4).
-
-    The streaming Dedalus runner sends its local tools' results without the assistant
-    message that called them; providers reject such orphans (OpenAI: 400; Anthropic: a
-    `tool_result` without its `tool_use`). Saved handoff state re-attaches them first
-    (`Completion._resume`); this is the fallback for what no state explains: the call is
-    synthesised: named after the request's only client tool when there is
-    exactly one, else a neutral placeholder, with empty arguments. Consecutive orphans
-    share one synthesised message, as parallel calls would.
-    """
-    names = [tool["function"]["name"] for tool in client_tools]
-    name = names[0] if len(names) == 1 else "client_tool"
-    asked: set[str] = set()
-    out: list[dict[str, Any]] = []
-    synthesised: dict[str, Any] | None = None
-    for message in messages:
-        role = message.get("role")
-        if role == "assistant":
-            asked |= {str(call.get("id")) for call in message.get("tool_calls") or [] if isinstance(call, dict)}
-        if role == "tool" and message["tool_call_id"] not in asked:
-            if synthesised is None:
-                synthesised = {"role": "assistant", "content": None, "tool_calls": []}
-                out.append(synthesised)
-            synthesised["tool_calls"].append(_wire_call(ToolCallOut(id=message["tool_call_id"], name=name, arguments="{}")))
-            asked.add(message["tool_call_id"])
-        else:
-            synthesised = None  # only a run of orphans shares one synthesised message
-        out.append(message)
-    return out
-
-
-def _answer(rendered: dict[str, str], call: ToolCallOut) -> str:
-    return rendered.get(call.id) or f"Error: there is no tool named {call.name!r}; use one of the tools offered."
-
-
-def _assistant_message(content: str | None, calls: list[ToolCallOut]) -> dict[str, Any]:
-    return {"role": "assistant", "content": content, "tool_calls": [_wire_call(call) for call in calls]}
-
-
-async def _assemble(deltas: AsyncIterator[Any]) -> AsyncIterator[Text | ChatResult]:
-    """Yield content as it streams; finish with the assembled `ChatResult`."""
-    content: list[str] = []
-    calls: dict[int, dict[str, str]] = {}
-    finish_reason, usage, model = "stop", Usage(), ""
-    async for delta in deltas:
-        if delta.content:
-            content.append(delta.content)
-            yield Text(delta.content)
-        if delta.tool_index is not None:
-            slot = calls.setdefault(delta.tool_index, {"id": "", "name": "", "arguments": ""})
-            slot["id"] = delta.tool_id or slot["id"]
-            slot["name"] += delta.tool_name or ""
-            slot["arguments"] += delta.tool_arguments or ""
-        if delta.finish_reason:
-            finish_reason = delta.finish_reason
-        if delta.usage is not None:
-            usage = delta.usage
-        model = delta.model or model
-    tool_calls = [ToolCallOut(id=slot["id"] or f"call_{uuid.uuid4().hex[:24]}", name=slot["name"], arguments=slot["arguments"])
-                  for _, slot in sorted(calls.items())]
-    yield ChatResult(content="".join(content) or None, tool_calls=tool_calls, finish_reason=finish_reason, usage=usage,
-                     model=model)

@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from . import jsoncodec
-from .completion import Completion, Event, Finished, Text, ToolActivity
+from .completion import Completion
 from .errors import HubError
+from .events import Event, Finished, Text, ToolActivity
 
 log = logging.getLogger("mcp_hub.streaming")
 EXTENSIONS = ("tools_executed", "mcp_tool_results", "mcp_server_errors", "turns_consumed", "turns_exhausted",

@@ -9,6 +9,7 @@ aiohttp session and raise only `ProviderError`s.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -106,3 +107,28 @@ class Provider(Protocol):
     async def list_models(self, *, api_key: SecretStr | None = None) -> list[str]:
         """Model names the provider offers (its own names, without the prefix)."""
         ...
+
+
+async def assemble(deltas: AsyncIterator[ChatDelta]) -> AsyncIterator[str | ChatResult]:
+    """A streamed model turn: its content as it arrives, then the assembled `ChatResult`."""
+    content: list[str] = []
+    calls: dict[int, dict[str, str]] = {}
+    finish_reason, usage, model = "stop", Usage(), ""
+    async for delta in deltas:
+        if delta.content:
+            content.append(delta.content)
+            yield delta.content
+        if delta.tool_index is not None:
+            slot = calls.setdefault(delta.tool_index, {"id": "", "name": "", "arguments": ""})
+            slot["id"] = delta.tool_id or slot["id"]
+            slot["name"] += delta.tool_name or ""
+            slot["arguments"] += delta.tool_arguments or ""
+        if delta.finish_reason:
+            finish_reason = delta.finish_reason
+        if delta.usage is not None:
+            usage = delta.usage
+        model = delta.model or model
+    tool_calls = [ToolCallOut(id=slot["id"] or f"call_{uuid.uuid4().hex[:24]}", name=slot["name"], arguments=slot["arguments"])
+                  for _, slot in sorted(calls.items())]
+    yield ChatResult(content="".join(content) or None, tool_calls=tool_calls, finish_reason=finish_reason, usage=usage,
+                     model=model)
