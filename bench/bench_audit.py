@@ -50,7 +50,7 @@ from bench_completions import (  # bench/ is on sys.path when run as a script
     stop,
     write_registry,
 )
-from stats import summary
+from stats import run_main, summary
 
 from tests.fixtures.scripted_model import ScriptClient
 
@@ -283,15 +283,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="rounds; each runs every hub once (default 10)")
     parser.add_argument("--per-round", type=int, default=400, help="completions per hub per round (default 400)")
     parser.add_argument("--warmup", type=int, default=200, help="untimed completions per hub first (default 200)")
-    parser.add_argument("--budget", type=float, default=600.0, help="abort after this many seconds (default 600)")
     parser.add_argument("--commit-delay", type=float,
                         help="audit_commit_delay of the audited hubs (default: the hub's default)")
-    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
-    args = parser.parse_args()
-    report = anyio.run(run, args)
-    print(markdown(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    run_main(parser, run, markdown, budget=600.0)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ THROUGHPUT_TARGET = 150.0
 
 # -- statistics -------------------------------------------------------------------------------
 
-from stats import summary  # noqa: E402  (bench/ is on sys.path when run as a script)
+from stats import run_main, summary  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 # -- processes --------------------------------------------------------------------------------
 
@@ -655,14 +655,8 @@ def main() -> None:
                         help="run this script instead of `-m mcp_hub` (same arguments): to try patches on the hub")
     parser.add_argument("--hub-env", action="append", default=[], type=lambda text: tuple(text.split("=", 1)),
                         metavar="NAME=VALUE", help="a setting for the hub, e.g. MCP_HUB_AUDIT_ENABLED=false (repeatable)")
-    parser.add_argument("--budget", type=float, default=300.0, help="abort after this many seconds (default 300)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (the path is in the JSON)")
-    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
-    args = parser.parse_args()
-    report = anyio.run(run, args)
-    print(markdown(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    run_main(parser, run, markdown, budget=300.0)
 
 
 if __name__ == "__main__":

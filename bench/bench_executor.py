@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import shutil
@@ -66,7 +65,7 @@ WARM_TOOLS: dict[str, tuple[str, dict[str, Any]]] = {
 
 # -- statistics -------------------------------------------------------------------------------
 
-from stats import summary  # noqa: E402  (bench/ is on sys.path when run as a script)
+from stats import run_main, summary  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 # -- servers and clients ----------------------------------------------------------------------
 
@@ -419,14 +418,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="repetitions per parallel batch size (default 5)")
     parser.add_argument("--cold-reps", type=int, default=5, help="cold starts per side (default 5)")
     parser.add_argument("--no-http-parallel", action="store_true", help="skip the parallel batches over HTTP")
-    parser.add_argument("--budget", type=float, default=300.0, help="abort after this many seconds (default 300)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (the path is in the JSON)")
-    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
-    args = parser.parse_args()
-    report = anyio.run(run, args)
-    print(markdown(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    run_main(parser, run, markdown, budget=300.0)
 
 
 if __name__ == "__main__":
