@@ -186,7 +186,10 @@ async def test_a_different_body_is_a_conflict(handles: Handles) -> None:
         await second.claim("acme", "key", "fp-2")  # and once done
 
 
-async def test_a_concurrent_retry_waits_for_the_first(handles: Handles) -> None:
+async def settled_while_a_retry_waits(handles: Handles,
+                                      settle: Callable[[IdempotencyStore], Awaitable[None]]) -> list[StoredResponse | None]:
+    """A first attempt claims the key, a retry on another handle waits for it, then `settle(first)`:
+    what the retry's claim returned."""
     first = IdempotencyStore(await handles())
     watched = Watched(await handles())
     second = IdempotencyStore(watched)  # type: ignore[arg-type]
@@ -201,26 +204,16 @@ async def test_a_concurrent_retry_waits_for_the_first(handles: Handles) -> None:
         with anyio.fail_after(5):
             await watched.waiting.wait()
         assert got == []  # still waiting for the first attempt
-        await first.complete("acme", "key", RESPONSE)
-    assert got == [RESPONSE]
+        await settle(first)
+    return got
+
+
+async def test_a_concurrent_retry_waits_for_the_first(handles: Handles) -> None:
+    assert await settled_while_a_retry_waits(handles, lambda first: first.complete("acme", "key", RESPONSE)) == [RESPONSE]
 
 
 async def test_abandon_lets_a_waiting_retry_run(handles: Handles) -> None:
-    first = IdempotencyStore(await handles())
-    watched = Watched(await handles())
-    second = IdempotencyStore(watched)  # type: ignore[arg-type]
-    assert await first.claim("acme", "key", "fp") is None
-    got: list[StoredResponse | None] = []
-
-    async def retry() -> None:
-        got.append(await second.claim("acme", "key", "fp"))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(retry)
-        with anyio.fail_after(5):
-            await watched.waiting.wait()
-        await first.abandon("acme", "key")
-    assert got == [None]  # the retry now runs itself...
+    assert await settled_while_a_retry_waits(handles, lambda first: first.abandon("acme", "key")) == [None]  # runs itself...
     with pytest.raises(TimeoutError):  # ...and holds the claim
         await IdempotencyStore(await handles(), wait=0.1).claim("acme", "key", "fp")
 
