@@ -11,6 +11,11 @@ One run measures, against `tests/fixtures/probe_server.py`:
 3. cold start: a fresh hub's `open_servers` to the first tool result, versus a
    bare `Client` spawn + initialize + first call (and the same for a remote URL).
 
+The hub runs with its audit trail off: this measures the executor. One more warm
+variant, `hub.execute` on a second hub with the default settings (audit trail on,
+SQLite), shows what the durable record of each call adds (the result is returned
+once its record is committed).
+
 Usage: `.venv/bin/python bench/bench_executor.py [--calls N] [--json out.json]`.
 See bench/README.md for how to read the output.
 """
@@ -118,6 +123,11 @@ def check(result: types.CallToolResult) -> None:
         raise RuntimeError(f"tool call failed: {result.content}")
 
 
+def executor_settings(data_dir: Path) -> Settings:
+    """The hub as the executor benchmark measures it: its audit trail off, the probe's loopback URL allowed."""
+    return Settings.load(data_dir=data_dir, egress_allow=["127.0.0.1"], audit_enabled=False)
+
+
 async def hub_call(hub: Hub, servers: Servers, server: str, tool: str, args: dict[str, Any]) -> None:
     batch = await hub.execute([ToolCall(server, tool, args)], servers)
     if batch.results[0].is_error:
@@ -164,7 +174,7 @@ def paired_ratio(row: dict[str, Any], num: str, den: str) -> float:
     return statistics.median(a / b for a, b in zip(row[num]["block_medians"], row[den]["block_medians"], strict=True))
 
 
-def warm_variants(bare: Client, hub: Hub, servers: Servers, server: str, tool: str,
+def warm_variants(bare: Client, hub: Hub, servers: Servers, audited: tuple[Hub, Servers], server: str, tool: str,
                   args: dict[str, Any]) -> dict[str, Callable[[], Awaitable[None]]]:
     request = types.CallToolRequest(params=types.CallToolRequestParams(name=tool, arguments=args))
 
@@ -178,7 +188,11 @@ def warm_variants(bare: Client, hub: Hub, servers: Servers, server: str, tool: s
     async def hub_execute() -> None:
         await hub_call(hub, servers, server, tool, args)
 
-    return {"sdk_call_tool": sdk_call_tool, "sdk_send_request": sdk_send_request, "hub_execute": hub_execute}
+    async def hub_execute_audited() -> None:
+        await hub_call(*audited, server, tool, args)
+
+    return {"sdk_call_tool": sdk_call_tool, "sdk_send_request": sdk_send_request, "hub_execute": hub_execute,
+            "hub_execute_audited": hub_execute_audited}
 
 
 # -- 3. parallel batches ------------------------------------------------------------------------
@@ -222,7 +236,7 @@ async def cold_stdio(tmp: Path, reps: int) -> dict[str, Any]:
             gc.collect()
             if which == "hub":
                 t0 = time.perf_counter()
-                async with Hub(Settings.load(data_dir=tmp / f"cold-{rep}"), reg) as hub:
+                async with Hub(executor_settings(tmp / f"cold-{rep}"), reg) as hub:
                     t1 = time.perf_counter()
                     servers = hub.open_servers(SLUG)
                     await hub_call(hub, servers, SLUG, "echo", {"text": "x"})
@@ -254,7 +268,7 @@ async def cold_http(tmp: Path, url: str, reps: int) -> dict[str, Any]:
     for rep in range(reps):
         for which in (("hub", "bare") if rep % 2 == 0 else ("bare", "hub")):
             if which == "hub":
-                async with Hub(Settings.load(data_dir=tmp / f"cold-http-{rep}", egress_allow=["127.0.0.1"]), reg) as hub:
+                async with Hub(executor_settings(tmp / f"cold-http-{rep}"), reg) as hub:
                     t0 = time.perf_counter()
                     servers = hub.open_servers(url)
                     await hub_call(hub, servers, url, "echo", {"text": "x"})
@@ -278,19 +292,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     report["meta"]["http_server_startup_ms"] = http_startup * 1000
     try:
         with open(tmp / "bare-stdio.log", "a", encoding="utf-8") as errlog, anyio.fail_after(args.budget):
-            async with Hub(Settings.load(data_dir=tmp / "hub", egress_allow=["127.0.0.1"]), registry()) as hub, \
+            async with Hub(executor_settings(tmp / "hub"), registry()) as hub, \
+                    Hub(Settings.load(data_dir=tmp / "hub-audited", egress_allow=["127.0.0.1"]), registry()) as audited, \
                     httpx2.AsyncClient(timeout=httpx2.Timeout(30, read=300)) as http, \
                     bare_client("stdio", errlog=errlog) as bare_stdio, \
                     bare_client("http", http=http, url=url) as bare_http:
                 servers = hub.open_servers([SLUG, url])
-                await hub.list_tools(servers)
-                if servers.errors:
-                    raise RuntimeError(f"hub could not open the probe: {servers.error_entries()}")
+                audited_servers = audited.open_servers([SLUG, url])
+                for some_hub, opened in ((hub, servers), (audited, audited_servers)):
+                    await some_hub.list_tools(opened)
+                    if opened.errors:
+                        raise RuntimeError(f"hub could not open the probe: {opened.error_entries()}")
                 transports = {"stdio": (bare_stdio, SLUG), "http": (bare_http, url)}
                 for transport, (bare, server) in transports.items():
                     for label, (tool, tool_args) in WARM_TOOLS.items():
                         report["warm"][f"{transport}/{label}"] = await warm(
-                            warm_variants(bare, hub, servers, server, tool, tool_args), args.calls, args.block, args.warmup)
+                            warm_variants(bare, hub, servers, (audited, audited_servers), server, tool, tool_args),
+                            args.calls, args.block, args.warmup)
                         log(f"warm {transport}/{label} done", phase)
                 for transport, (bare, server) in transports.items():
                     if transport == "http" and args.no_http_parallel:
@@ -355,17 +373,21 @@ def markdown(report: dict[str, Any]) -> str:
              "### Warm per-call latency (ms; ratios of medians)", "",
              "`sleep0` = `sleep(ms=0)`, an async tool; `echo` = a sync tool, run by the server in a worker thread. "
              "Bare `send_request` is the exact request the hub sends; bare `call_tool` adds the SDK's "
-             "output-schema check. CPU is this process's CPU time per call.", "",
+             "output-schema check. Hub `execute` is the executor (the hub's audit trail off); *audited* is "
+             "a hub with the default settings, which returns a result once its audit record is committed "
+             "(SQLite). CPU is this process's CPU time per call.", "",
              "| transport / tool | bare `call_tool` med / p95 / p99 | bare `send_request` med / p95 / p99 "
              "| hub `execute` med / p95 / p99 | hub − send_request | hub / send_request: medians, paired "
-             "| hub / call_tool: medians, paired | CPU µs/call: call_tool / send_request / hub |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| hub / call_tool: medians, paired | audited med / p95 / p99 | audited − hub "
+             "| CPU µs/call: call_tool / send_request / hub / audited |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for key, row in report["warm"].items():
-        ct, sr, hub = row["sdk_call_tool"], row["sdk_send_request"], row["hub_execute"]
+        ct, sr, hub, audited = row["sdk_call_tool"], row["sdk_send_request"], row["hub_execute"], row["hub_execute_audited"]
         lines.append(f"| {key} | {fmt3(ct)} | {fmt3(sr)} | {fmt3(hub)} | {(hub['median'] - sr['median']) * 1000:+.0f} µs "
                      f"| {hub['median'] / sr['median']:.3f}, **{paired_ratio(row, 'hub_execute', 'sdk_send_request'):.3f}** "
                      f"| {hub['median'] / ct['median']:.3f}, {paired_ratio(row, 'hub_execute', 'sdk_call_tool'):.3f} "
-                     f"| {ct['cpu_us']:.0f} / {sr['cpu_us']:.0f} / {hub['cpu_us']:.0f} |")
+                     f"| {fmt3(audited)} | {(audited['median'] - hub['median']) * 1000:+.0f} µs "
+                     f"| {ct['cpu_us']:.0f} / {sr['cpu_us']:.0f} / {hub['cpu_us']:.0f} / {audited['cpu_us']:.0f} |")
     lines += ["", f"### Parallel batches of `sleep(ms={SLEEP_MS})` (wall ms, median / max of {m['reps']})", "",
               "| transport | N | bare concurrent | hub `execute` batch | hub / bare | hub ≤ 250 ms |",
               "|---|---|---|---|---|---|"]
@@ -395,6 +417,9 @@ def markdown(report: dict[str, Any]) -> str:
                  f"(worst paired hub / send_request = {worst[1]:.3f} on {worst[0]})")
     lines.append(f"* parallel N ≤ 16 within {PARALLEL_TARGET_MS:.0f} ms: {'PASS' if v['parallel_ok'] else 'FAIL'} "
                  f"(worst median {v['parallel_worst_ms']:.1f} ms at {v['parallel_worst_at']})")
+    added = [(row["hub_execute_audited"]["median"] - row["hub_execute"]["median"]) * 1000 for row in report["warm"].values()]
+    lines += ["", f"With the audit trail on (the default), the durable record of each call added {min(added):.0f}-"
+                  f"{max(added):.0f} µs to a warm call (median, audited hub − executor)."]
     return "\n".join(lines)
 
 

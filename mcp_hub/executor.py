@@ -22,6 +22,7 @@ import mcp.types as types
 from mcp import MCPError
 from pydantic import BaseModel, Field
 
+from . import jsoncodec
 from .errors import ServerError, SessionLost
 from .scrubbing import Scrubber
 from .sessions import CallTimeout, ManagedSession
@@ -115,7 +116,7 @@ class Executor:
     def _limited(self, result: Any) -> tuple[Any, bool, int, str]:
         """The result, or when its JSON is over the limit, that JSON cut short with a marker;
         and the full JSON's size and SHA-256."""
-        data = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode()
+        data = jsoncodec.dumps(result)
         size, digest = len(data), hashlib.sha256(data).hexdigest()
         if size <= self.max_output_bytes:
             return result, False, size, digest
