@@ -228,6 +228,7 @@ async def asgi_client(settings: Settings, registry: Registry,
             scope["state"] = dict(state or {})
             await app(scope, receive, send)
 
+        assert state is not None
         transport = httpx2.ASGITransport(app=with_state)
         async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000", timeout=timeout) as client:
             yield client, state["hub"]

@@ -56,7 +56,7 @@ def _not_blank(png: bytes, path: Path) -> None:
     path.write_bytes(png)
     image = Image.open(io.BytesIO(png)).convert("RGB")
     assert image.size[0] >= 800 and image.size[1] >= 600
-    colours = image.getcolors(maxcolors=1 << 20) or []
+    colours: list[tuple[int, tuple[int, int, int]]] = image.getcolors(maxcolors=1 << 20) or []  # type: ignore[assignment]
     assert len(colours) > 50, f"{path.name}: {len(colours)} colours, the page looks blank"
     dark = sum(count for count, (r, g, b) in colours if r + g + b < 200)
     assert dark > 500, f"{path.name}: almost no text drawn ({dark} dark pixels)"

@@ -143,22 +143,22 @@ def test_back_channel_reaches_the_gateway_client_over_a_socket(tmp_path: Path, h
     settings = Settings.load(data_dir=tmp_path / "data", restart_backoff=0.05)
     asked: list[str] = []
 
-    async def sampling(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    async def sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
         asked.append(params.messages[0].content.text)  # type: ignore[union-attr]
         return types.CreateMessageResult(role="assistant", content=types.TextContent(text="from the client"), model="m")
 
-    async def elicitation(ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+    async def elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
         return types.ElicitResult(action="accept", content={"response": "yes"})
 
     async def main(url: str) -> None:
         logs: list[Any] = []
-        progress: list[float] = []
+        reported: list[float] = []
 
         async def on_log(params: types.LoggingMessageNotificationParams) -> None:
             logs.append(params.data)
 
-        async def on_progress(value: float, total: float | None, message: str | None) -> None:
-            progress.append(value)
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            reported.append(progress)
 
         async with Client(f"{url}/mcp/test/everything", mode="legacy", sampling_callback=sampling,
                           elicitation_callback=elicitation, logging_callback=on_log) as client:
@@ -168,7 +168,7 @@ def test_back_channel_reaches_the_gateway_client_over_a_socket(tmp_path: Path, h
             assert elicited.content[0].text == 'User response: action=accept, content={"response":"yes"}'  # type: ignore[union-attr]
             await client.call_tool("test_tool_with_progress", {}, progress_callback=on_progress)
             await client.call_tool("test_tool_with_logging", {})
-        assert progress == [0, 50, 100]
+        assert reported == [0, 50, 100]
         assert logs == ["Tool execution started", "Tool processing data", "Tool execution completed"]
 
     with HubServer.serve(settings, gateway_registry(header_url)) as server:

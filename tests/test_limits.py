@@ -52,6 +52,7 @@ async def running(settings: Settings) -> AsyncIterator[tuple[Any, Hub]]:
             scope["state"] = dict(state or {})
             await app(scope, receive, send)
 
+        assert state is not None
         yield with_state, state["hub"]
 
 
@@ -273,8 +274,10 @@ async def test_sdks_see_a_rate_limit_error(tmp_path: Path) -> None:
     clock = Clock()
     async with running(hub_settings(tmp_path)) as (app, hub):
         limited(hub, clock, burst=1)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
-            sdk = openai.AsyncOpenAI(base_url="http://hub/v1", api_key="unused", http_client=http, max_retries=0)
+        # Each SDK on the HTTP library it is built on: openai on httpx2, dedalus-labs on httpx.
+        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app)) as http2, \
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+            sdk = openai.AsyncOpenAI(base_url="http://hub/v1", api_key="unused", http_client=http2, max_retries=0)
             await sdk.models.list()
             with pytest.raises(openai.RateLimitError) as caught:
                 await sdk.models.list()

@@ -7,10 +7,16 @@ from pathlib import Path
 import pytest
 
 from mcp_hub.errors import ConfigError
-from mcp_hub.registry import Registry
+from mcp_hub.registry import Entry, Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+
+def found(registry: Registry, slug: str) -> Entry:
+    entry = registry.get(slug)
+    assert entry is not None, slug
+    return entry
 
 def entry(versions: dict[str, dict]) -> dict:
     return {"servers": {"acme/tool": {"versions": versions}}}
@@ -29,7 +35,7 @@ def test_project_registry_loads_and_every_hosted_server_is_a_module() -> None:
 
 def test_command_string_is_split_like_a_shell() -> None:
     registry = Registry.from_data(entry({"1.0.0": {"command": "node 'my server.js' --flag"}}))
-    assert registry.get("acme/tool").versions["1.0.0"].command == ("node", "my server.js", "--flag")
+    assert found(registry, "acme/tool").versions["1.0.0"].command == ("node", "my server.js", "--flag")
 
 
 @pytest.mark.parametrize(
@@ -95,7 +101,7 @@ def versions() -> Registry:
     ],
 )
 def test_version_matching(versions: Registry, spec: str | None, expected: str | None) -> None:
-    assert versions.get("acme/tool").match(spec) == expected
+    assert found(versions, "acme/tool").match(spec) == expected
 
 
 def test_suggest_close_slugs() -> None:

@@ -250,7 +250,7 @@ async def test_a_lapsed_claim_does_not_settle_over_the_retry_that_took_it(handle
     assert await retry.claim("acme", "key", "fp") is None  # once the lease lapsed
     states = await handles()
     taken = await states.get("acme", "idempotency:key")
-    assert taken["state"] == "running"
+    assert taken is not None and taken["state"] == "running"
     await slow.abandon("acme", "key")
     assert await states.get("acme", "idempotency:key") == taken
     await slow.complete("acme", "key", RESPONSE)  # already settled by the abandon: nothing happens

@@ -12,9 +12,15 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from mcp.types import CallToolResult
+from mcp.types import CallToolResult, Tool, ToolAnnotations
 
 StdioCall = Callable[..., Awaitable[tuple[CallToolResult, list[str]]]]
+
+
+def hints(tool: Tool) -> ToolAnnotations:
+    """The tool's annotations, which every hosted server's tool declares."""
+    assert tool.annotations is not None, f"{tool.name} has no annotations"
+    return tool.annotations
 
 
 def error_text(result: CallToolResult) -> str:

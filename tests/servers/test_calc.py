@@ -6,10 +6,10 @@ import math
 
 import pytest
 from mcp import Client
+
 from mcp_hub_servers.calc.expression import CalcError, evaluate
 from mcp_hub_servers.calc.server import build_server
-
-from tests.servers.conftest import StdioCall, data, error_text
+from tests.servers.conftest import StdioCall, data, error_text, hints
 
 
 @pytest.mark.parametrize(
@@ -93,9 +93,9 @@ async def test_tools_listed_with_hints() -> None:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == {"evaluate", "convert_units", "list_units"}
     for tool in tools.values():
-        assert tool.annotations.read_only_hint is True and tool.annotations.idempotent_hint is True
+        assert hints(tool).read_only_hint is True and hints(tool).idempotent_hint is True
         assert tool.output_schema is not None
-    assert "sqrt" in tools["evaluate"].description
+    assert "sqrt" in (tools["evaluate"].description or "")
     assert tools["convert_units"].input_schema["properties"]["from_unit"]["description"]
 
 

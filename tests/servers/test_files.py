@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from mcp import Client
+
 from mcp_hub_servers.files.__main__ import SAMPLE_ROOT
 from mcp_hub_servers.files.server import build_server
-
-from tests.servers.conftest import StdioCall, data, error_text, everything_said
+from tests.servers.conftest import StdioCall, data, error_text, everything_said, hints
 
 SECRET = "TOP-SECRET-OUTSIDE-THE-ROOT"
 
@@ -39,7 +39,7 @@ async def test_tools_listed_with_hints(root: Path) -> None:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == {"list_directory", "read_file", "search_files", "file_info"}
     for tool in tools.values():
-        assert tool.annotations.read_only_hint is True and tool.annotations.idempotent_hint is True
+        assert hints(tool).read_only_hint is True and hints(tool).idempotent_hint is True
         assert tool.description and tool.output_schema is not None
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from mcp import Client
 from mcp.types import CallToolResult
-from mcp_hub_servers.notes.server import build_server
 
-from tests.servers.conftest import StdioCall, data, error_text, everything_said
+from mcp_hub_servers.notes.server import build_server
+from tests.servers.conftest import StdioCall, data, error_text, everything_said, hints
 
 TOKEN_A = "tok-alice-7f3a9c2e51d04b6e"
 TOKEN_B = "tok-bob-0c8d1e2f3a4b5c6d"
@@ -29,13 +29,13 @@ async def test_tools_listed_with_hints(tmp_path: Path) -> None:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == {name for name, _ in TOOL_CALLS}
     for name in ("list_notes", "get_note", "search_notes"):
-        assert tools[name].annotations.read_only_hint is True and tools[name].annotations.idempotent_hint is True
+        assert hints(tools[name]).read_only_hint is True and hints(tools[name]).idempotent_hint is True
     assert (
-        tools["add_note"].annotations.read_only_hint is False and tools["add_note"].annotations.idempotent_hint is False
+        hints(tools["add_note"]).read_only_hint is False and hints(tools["add_note"]).idempotent_hint is False
     )
     assert (
-        tools["delete_note"].annotations.destructive_hint is True
-        and tools["delete_note"].annotations.idempotent_hint is True
+        hints(tools["delete_note"]).destructive_hint is True
+        and hints(tools["delete_note"]).idempotent_hint is True
     )
     assert all(t.description and t.output_schema is not None for t in tools.values())
 

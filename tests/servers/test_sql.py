@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from mcp import Client
+
 from mcp_hub_servers.sql.database import ReadOnlyDatabase
 from mcp_hub_servers.sql.server import build_server
-
-from tests.servers.conftest import StdioCall, data, error_text
+from tests.servers.conftest import StdioCall, data, error_text, hints
 
 WRITES = [
     "DELETE FROM books",
@@ -34,7 +34,7 @@ async def test_tools_listed_with_hints() -> None:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == {"list_tables", "describe_table", "run_query"}
     for tool in tools.values():
-        assert tool.annotations.read_only_hint is True and tool.annotations.idempotent_hint is True
+        assert hints(tool).read_only_hint is True and hints(tool).idempotent_hint is True
         assert tool.description and tool.output_schema is not None
     assert set(tools["run_query"].input_schema["properties"]) == {"sql", "params", "max_rows"}
 

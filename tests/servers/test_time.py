@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
-from mcp_hub_servers.time.server import build_server
 
-from tests.servers.conftest import StdioCall, data, error_text
+from mcp_hub_servers.time.server import build_server
+from tests.servers.conftest import StdioCall, data, error_text, hints
 
 # 2025-03-30 00:30 UTC: Europe switches to summer time 30 minutes later.
 PINNED = datetime(2025, 3, 30, 0, 30, tzinfo=UTC)
@@ -25,9 +25,9 @@ async def test_tools_are_listed_with_schemas_and_hints() -> None:
     assert set(tools) == {"current_time", "convert_time", "list_timezones", "time_difference"}
     for tool in tools.values():
         assert tool.description and tool.output_schema is not None
-        assert tool.annotations is not None and tool.annotations.read_only_hint is True
-    assert tools["convert_time"].annotations.idempotent_hint is True
-    assert tools["current_time"].annotations.idempotent_hint is False  # the clock moves
+        assert tool.annotations is not None and hints(tool).read_only_hint is True
+    assert hints(tools["convert_time"]).idempotent_hint is True
+    assert hints(tools["current_time"]).idempotent_hint is False  # the clock moves
     assert set(tools["convert_time"].input_schema["required"]) == {"time", "source_timezone", "target_timezone"}
 
 
