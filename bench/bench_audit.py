@@ -37,7 +37,7 @@ from typing import Any
 import anyio
 import httpx2
 import psutil
-from bench_completions import (  # bench/ is on sys.path when run as a script
+from rig import (  # bench/ is on sys.path when run as a script
     API_KEY,
     MODEL_SERVER,
     RawConnection,

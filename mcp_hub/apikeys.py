@@ -32,7 +32,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from .database import Database, Migration, open_database
+from .database import Database, Migration, records_database
 from .errors import HubError, NotFound
 from .settings import Settings
 
@@ -218,6 +218,5 @@ class KeyStore:
 @asynccontextmanager
 async def open_key_store(settings: Settings) -> AsyncIterator[KeyStore]:
     """The key store of the records database named by `settings`, without a running hub (CLI, tests)."""
-    url = settings.database_url.get_secret_value() if settings.database_url else None
-    async with open_database(url, settings.records_path, sqlite_synchronous=settings.sqlite_synchronous) as database:
+    async with records_database(settings) as database:
         yield await KeyStore(database).open(legacy=settings.keys_path)

@@ -17,7 +17,7 @@ from typing import Any
 
 from .audit import AuditStore, Filters, Verification
 from .audit.record import AuditRecord, micros
-from .database import open_database
+from .database import records_database
 from .errors import HubError, NotFound
 from .settings import Settings
 
@@ -72,8 +72,7 @@ def _filters(args: argparse.Namespace) -> Filters:
 
 @asynccontextmanager
 async def _store(settings: Settings) -> AsyncIterator[AuditStore]:
-    url = settings.database_url.get_secret_value() if settings.database_url else None
-    async with open_database(url, settings.records_path, sqlite_synchronous=settings.sqlite_synchronous) as database:
+    async with records_database(settings) as database:
         store = AuditStore(database)
         await store.migrate()
         yield store

@@ -22,11 +22,11 @@ from . import __version__, audit_cli, marketplace_cli
 from .apikeys import ROLES, open_key_store
 from .authentication import is_loopback
 from .credentials import Credential
-from .database import open_database
+from .database import records_database
 from .errors import HubError, ServerError
 from .executor import CallContext
 from .hub import Hub
-from .registrations import RegistrationStore
+from .registrations import Registrations, RegistrationStore
 from .settings import Settings
 from .views import entry_summary, tool_view, with_source
 
@@ -134,12 +134,10 @@ async def _servers(args: argparse.Namespace) -> int:
     """The registry file's servers and those published through the API (the records database)."""
     settings = _settings(args)
     hub = Hub(settings)
-    url = settings.database_url.get_secret_value() if settings.database_url else None
-    async with open_database(url, settings.records_path) as database:
-        entries, unlisted, _ = await (await RegistrationStore(database).open()).load()
-    hub.registry.set_registered(entries, unlisted)
+    async with records_database(settings) as database:
+        await Registrations(hub, await RegistrationStore(database).open()).refresh()
     summaries = [with_source(hub.registry, entry_summary(entry)) for entry in hub.registry.entries()
-                 if args.all or entry.slug not in unlisted]
+                 if args.all or entry.slug not in hub.registry.unlisted]
     if args.json:
         print(json.dumps(summaries, indent=2))
         return 0

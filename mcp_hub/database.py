@@ -50,13 +50,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.to_thread
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 log = logging.getLogger("mcp_hub.database")
 
@@ -168,6 +171,12 @@ def open_database(url: str | None, sqlite_path: Path, *, sqlite_synchronous: str
     from .database_pg import PostgresDatabase  # psycopg loads only when configured
 
     return PostgresDatabase(url)
+
+
+def records_database(settings: Settings) -> Database:
+    """The (unopened) records database that `settings` name: `database_url`, else SQLite in the data folder."""
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    return open_database(url, settings.records_path, sqlite_synchronous=settings.sqlite_synchronous)
 
 
 class BlockingWriter(Protocol):

@@ -28,7 +28,7 @@ from .audit import AuditRecord, AuditTrail, Commits, server_error_record, tool_c
 from .audit.record import ToolHashes
 from .catalog import CatalogCache
 from .credentials import Credential, bind
-from .database import Database, open_database
+from .database import Database, records_database
 from .deferred import DeferredCompletions
 from .egress import EgressGuard
 from .envelopes import unseal
@@ -225,10 +225,7 @@ class Hub:
             self._state = await stack.enter_async_context(state)
             self._idempotency = IdempotencyStore(self._state, ttl=self.settings.idempotency_ttl)
             self._handoffs = HandoffStore(self._state, self.settings.handoff_ttl)
-            database_url = self.settings.database_url.get_secret_value() if self.settings.database_url else None
-            database = open_database(database_url, self.settings.records_path,
-                                     sqlite_synchronous=self.settings.sqlite_synchronous)
-            self._database = await stack.enter_async_context(database)
+            self._database = await stack.enter_async_context(records_database(self.settings))
             self._keys = await KeyStore(self._database).open(legacy=self.settings.keys_path)
             if self.settings.audit_enabled:
                 trail = AuditTrail(self._database, max_batch=self.settings.audit_batch_max,

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from .database import open_database
+from .database import records_database
 from .errors import HubError
 from .pinning import DatabasePins
 from .settings import Settings
@@ -50,8 +50,7 @@ def add_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None])
 
 @asynccontextmanager
 async def _pins(settings: Settings) -> AsyncIterator[DatabasePins]:
-    url = settings.database_url.get_secret_value() if settings.database_url else None
-    async with open_database(url, settings.records_path) as database:
+    async with records_database(settings) as database:
         yield await DatabasePins(database).open()
 
 
