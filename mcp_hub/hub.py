@@ -31,6 +31,7 @@ from .credentials import Credential, bind
 from .database import Database, records_database
 from .deferred import DeferredCompletions
 from .egress import EgressGuard
+from .egress_proxy import EgressProxy
 from .envelopes import unseal
 from .errors import NotFound, RequestError, ServerError
 from .executor import Batch, CallContext, Executor, ToolCall, ToolResult
@@ -239,9 +240,11 @@ class Hub:
             self._oauth = OAuthBroker(self._oauth_identity, user_agent=self._user_agent)
             self._egress_http = self.egress.transport(limits=limits)  # MCP server URLs: guarded
             stack.push_async_callback(self._egress_http.aclose)
+            # Sandboxed children's only way out; closes whatever sockets are still served on exit.
+            egress_proxy = await stack.enter_async_context(EgressProxy(self.egress))
             opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root,
                             http=self._egress_http, http_timeout=self.settings.connect_timeout, oauth=self._oauth,
-                            elicitation=self._elicitation, egress=self.egress)
+                            elicitation=self._elicitation, egress=self.egress, egress_proxy=egress_proxy)
             self._pins = await DatabasePins(self._database).open()
             self._registrations = Registrations(self, await RegistrationStore(self._database).open())
             await self._registrations.refresh()

@@ -36,6 +36,7 @@ from . import __version__
 from .backchannel import BackChannel
 from .credentials import Binding
 from .egress import EgressGuard, EgressSession, pinned
+from .egress_proxy import EgressProxy
 from .errors import AuthRequired, ServerError, UrlBlocked
 from .oauth import OAuthBroker
 from .resolution import Target
@@ -219,14 +220,17 @@ class Opener:
 
     def __init__(self, *, logs_dir: Path, data_dir: Path, registry_root: Path, http: httpx2.AsyncBaseTransport,
                  http_timeout: float = 30.0, oauth: OAuthBroker | None = None,
-                 elicitation: ElicitationFnT = decline_elicitation, egress: EgressGuard | None = None) -> None:
-        """`http` should come from `egress.transport()`, so connections dial only pinned addresses."""
+                 elicitation: ElicitationFnT = decline_elicitation, egress: EgressGuard | None = None,
+                 egress_proxy: EgressProxy | None = None) -> None:
+        """`http` should come from `egress.transport()`, so connections dial only pinned addresses;
+        `egress_proxy` (the hub's, on its exit stack) is what sandboxed children reach the network through."""
         self.logs_dir = logs_dir
         self.data_dir = data_dir
         self.registry_root = registry_root
         self._inner = http
         self._http = SharedTransport(http)
         self.egress = egress or EgressGuard()
+        self.egress_proxy = egress_proxy or EgressProxy(self.egress)
         self._timeout = httpx2.Timeout(http_timeout, read=300.0)
         self._setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
         self.oauth = oauth or OAuthBroker()
