@@ -32,6 +32,8 @@
         │   └── CredentialsInvalid credentials_invalid: an encrypted credential
         │                          that cannot be decrypted or parsed
         ├── ConnectError           connect_failed (spawn, handshake, network)
+        ├── SandboxUnavailable     sandbox_unavailable: bubblewrap (or util-linux) is missing,
+        │                          so a sandboxed hosted server is not started
         ├── AuthRequired (401)     auth_required: an OAuth server needs a user
         │                          to authorize the hub first
         ├── UrlBlocked (403)       url_blocked: the egress guard refuses the URL
@@ -288,6 +290,14 @@ class ConnectError(ServerError):
 
     code = "connect_failed"
     recommendation = "The server could not be started or reached; retry later or check the hub's server logs."
+
+
+class SandboxUnavailable(ServerError):
+    """A hosted server must run sandboxed and the sandbox's tools (bubblewrap) are not installed."""
+
+    status = 503
+    code = "sandbox_unavailable"
+    recommendation = "Install bubblewrap on the hub's machine (`apt-get install bubblewrap`)."
 
 
 class AuthRequired(ServerError):

@@ -90,6 +90,7 @@ class VersionBody(_Body):
     env: dict[str, str] = {}
     protocol: Literal["legacy", "auto", "2025-11-25", "2026-07-28"] = "legacy"
     deprecated: bool = False
+    network: Literal["none", "egress"] = "none"  # hosted: egress reaches public hosts through the hub's proxy
 
     def spec(self) -> dict[str, Any]:
         """The registry `Version` fields this body stands for."""
@@ -101,7 +102,8 @@ class VersionBody(_Body):
         if self.url is not None:
             spec |= {"url": self.url, "headers": self.headers} | ({"transport": self.transport} if self.transport else {})
         else:
-            spec |= {"command": self.package.command() if self.package else self.command, "env": self.env}
+            spec |= {"command": self.package.command() if self.package else self.command, "env": self.env,
+                     "network": self.network}
         return spec
 
 
@@ -128,7 +130,7 @@ def _entry(slug: str, description: str, tags: list[str], connections: dict[str, 
     """An `Entry`, or a 400 naming the field (the same rules as registry.yaml)."""
     try:
         return Entry.model_validate({"slug": slug, "description": description, "tags": tags, "connections": connections,
-                                     "limits": limits, "versions": versions})
+                                     "limits": limits, "versions": versions, "published": True})
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None
