@@ -257,6 +257,7 @@ def test_server_json_of_an_npm_package_imports_and_runs_from_the_cli(tmp_path: P
     data = ["--data-dir", str(tmp_path / "data"), "--registry", str(registry)]
     # npx runs the package this checkout installed (the registry folder's node_modules), offline.
     (tmp_path / "node_modules").symlink_to(ROOT / "node_modules")
+    tmp_path.chmod(0o755)  # the registry folder: the sandboxed server's user (not the hub's) reads it
     assert main(["registry", "import", str(SERVER_JSON / "npm.json"), "--tag", "npm", *data]) == 0
     out = capsys.readouterr().out
     assert "registered io.github.modelcontextprotocol/server-everything@2026.8.31; pinned" in out and "echo" in out
