@@ -164,7 +164,7 @@ def origin() -> Iterator[int]:
 
 
 async def test_egress_goes_through_the_hubs_proxy_only(tmp_path: Path, registry: Registry, origin: int) -> None:
-    settings = Settings.load(data_dir=tmp_path / "data", connect_timeout=20, egress_allow=[f"127.0.0.1/32"])
+    settings = Settings.load(data_dir=tmp_path / "data", connect_timeout=20, egress_allow=["127.0.0.1/32"])
     async with asgi_client(settings, registry) as (client, hub):
         assert await attack(hub, "fetch", server="test/online", url=f"http://127.0.0.1:{origin}/") == \
             "ok 200 hello from the origin"
