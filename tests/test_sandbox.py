@@ -189,3 +189,36 @@ async def test_missing_bubblewrap_is_a_coded_error(tmp_path: Path, registry: Reg
         assert getattr(raised.value, "code", None) == "sandbox_unavailable"
         assert "apt-get install bubblewrap" in raised.value.recommendation  # type: ignore[attr-defined]
         assert not errors or all(e.code == "sandbox_unavailable" for e in errors.values())
+
+
+def test_the_readmes_sandbox_example_validates() -> None:
+    import yaml
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = text.split("**Sandbox.**", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    registry = Registry.from_data(yaml.safe_load(example))
+    fetcher, legacy = registry.get("acme/fetcher"), registry.get("acme/legacy-tool")
+    assert fetcher is not None and legacy is not None
+    assert fetcher.versions["1.0.0"].network == "egress" and fetcher.limits.memory_mb == 512 and not legacy.sandbox
+
+
+def test_published_limits_only_lower_the_defaults() -> None:
+    from mcp_hub.sandbox import SandboxLimits
+
+    defaults = SandboxLimits(memory_mb=1024, processes=128)
+    assert defaults.within({"memory_mb": 4096, "processes": 16}, may_raise=False) == \
+        SandboxLimits(memory_mb=1024, processes=16)
+    assert defaults.within({"memory_mb": 4096, "processes": None}, may_raise=True).memory_mb == 4096
+
+
+def test_a_publisher_cannot_opt_out_and_its_entries_are_marked_published() -> None:
+    from pydantic import ValidationError
+
+    from mcp_hub.registrations import RegistrationBody, _entry
+
+    version = {"version": "1.0.0", "command": ["x"], "network": "egress"}
+    with pytest.raises(ValidationError):
+        RegistrationBody.model_validate({"slug": "a/b", "sandbox": False, "version": version})
+    body = RegistrationBody.model_validate({"slug": "a/b", "limits": {"memory_mb": 99999}, "version": version})
+    entry = _entry(body.slug, "", [], {}, body.limits, {"1.0.0": body.version.spec()})
+    assert entry.sandbox and entry.published and entry.versions["1.0.0"].network == "egress"
