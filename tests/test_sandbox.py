@@ -222,3 +222,18 @@ def test_a_publisher_cannot_opt_out_and_its_entries_are_marked_published() -> No
     body = RegistrationBody.model_validate({"slug": "a/b", "limits": {"memory_mb": 99999}, "version": version})
     entry = _entry(body.slug, "", [], {}, body.limits, {"1.0.0": body.version.spec()})
     assert entry.sandbox and entry.published and entry.versions["1.0.0"].network == "egress"
+
+
+async def test_reaping_and_tenants(running: tuple[httpx2.AsyncClient, Hub]) -> None:
+    import psutil
+
+    _, hub = running
+    first = await attack(hub, "env", name="MCP_HUB_DATA_DIR")
+    servers = hub.open_servers(SERVER, tenant="acme")
+    batch = await hub.execute([ToolCall(SERVER, "env", {"name": "MCP_HUB_DATA_DIR"})], servers)
+    assert batch.results[0].result["result"] != first  # two tenants never share a writable folder
+    sandboxed = [p for p in psutil.Process().children(recursive=True) if "hostile_server.py" in " ".join(p.cmdline())]
+    assert sandboxed
+    hub.pool.reap(0)
+    _, alive = psutil.wait_procs(sandboxed, timeout=15)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]  # bwrap and the server alike
