@@ -29,11 +29,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from stats import run_main, summary  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from mcp_hub.executor import ToolCall  # noqa: E402
 from mcp_hub.hub import Hub  # noqa: E402
 from mcp_hub.registry import Registry  # noqa: E402
 from mcp_hub.settings import Settings  # noqa: E402
-from stats import run_main, summary  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 PROBE = ROOT / "tests" / "fixtures" / "probe_server.py"
 EVERYTHING = ROOT / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
@@ -88,7 +89,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 sessions = {mode: hub.open_servers(slug, tenant="warm") for mode, hub in running.items()}
                 for block in range(args.calls // 50 + 1):
                     for mode, hub in (running.items() if block % 2 else reversed(running.items())):
-                        for call in range(50):
+                        for _call in range(50):
                             started = time.perf_counter()
                             await hub.execute([ToolCall(slug, tool, tool_args)], sessions[mode])
                             if block:
