@@ -88,7 +88,8 @@ class Hosting:
         declared = {key: self.expand(value, folder) for key, value in version.env.items()}
         cwd = self.expand(version.cwd, folder) if version.cwd else str(self.registry_root)
         if not self.sandboxed(target):
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, exist_ok=True)
             env = declared | binding.env
             env.setdefault("MCP_HUB_DATA_DIR", str(folder))
             return self._params(command, env, cwd)

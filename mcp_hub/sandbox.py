@@ -224,7 +224,8 @@ class Sandbox:
 
     def prepare(self, folder: Path) -> Path:
         """Create a session's writable folder (0700), owned by the sandbox's uid when the hub is root."""
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # other sessions' folders: not listable
+        folder.mkdir(mode=0o700, exist_ok=True)
         if self.privileged:
             os.chown(folder, self.uid, self.uid)
         return folder

@@ -2,7 +2,8 @@
 
 `Opener` owns what every connection shares (one pooled HTTP transport, the log
 folder for hosted servers' stderr, the OAuth broker, the elicitation policy, the egress
-guard) and turns a target plus its credential binding into an entered `Client`. A URL
+guard) and turns a target plus its credential binding into an entered `Client`; how a hosted
+child is launched (sandbox, environment, session folder) is `mcp_hub.hosting`'s. A URL
 target's host is checked and pinned before connecting (`mcp_hub.egress`), and every request
 of its session, the SDK's and the OAuth flow's alike, dials only checked addresses. Hosted
 children are launched under `setpriv --pdeathsig KILL` where available, so even a

@@ -85,6 +85,7 @@ async def test_hub_files_are_out_of_sight(running: tuple[httpx2.AsyncClient, Hub
     assert await attack(hub, "read", path="/root/.bash_history") in ("error ENOENT", "error EACCES")
     own = await attack(hub, "env", name="MCP_HUB_DATA_DIR")
     assert Path(own).parent == data / "sandboxes" and Path(own) not in others
+    assert {Path(own).stat().st_mode & 0o777, (data / "sandboxes").stat().st_mode & 0o777} == {0o700}
     assert await attack(hub, "write", path=f"{own}/mine") == "ok"
     for outside in [str(ROOT / "pwned"), "/usr/pwned", str(data / "pwned"), "/etc/pwned"]:
         assert await attack(hub, "write", path=outside) in ("error EROFS", "error EACCES"), outside
