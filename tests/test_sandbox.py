@@ -121,6 +121,8 @@ async def test_limits_hold(running: tuple[httpx2.AsyncClient, Hub], settings: Se
     assert await attack(hub, "allocate", mb=16) == "ok 16777216"
     tmp = await attack(hub, "fill", folder="/tmp", files=1, mb=3)
     assert tmp == "error EFBIG after 2 MiB"  # one file past file_size_mb
+    tmp = await attack(hub, "fill", folder="/tmp", files=4, mb=2)
+    assert tmp.startswith("error ENOSPC after")  # /tmp is a tmpfs of disk_mb
     await attack(hub, "flood", mb=2)
     logs = list((settings.data_dir / "logs").glob("test_hostile*"))
     assert logs and all(log.stat().st_size <= LIMITS["stderr_kb"] * 1024 for log in logs)
