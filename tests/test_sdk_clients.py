@@ -469,7 +469,11 @@ def test_disconnect_mid_stream_cancels_pending_tool_calls(hub: HubServer, script
     pid = (before.mcp_tool_results or [])[0].result
     session = probe_session(hub)
 
-    marker = tmp_path / "sleep-started"
+    scripted_model.reset()  # the sandboxed probe writes only in its session's folder (MCP_HUB_DATA_DIR)
+    scripted_model.push(Reply.call(("test-probe__env", {"name": "MCP_HUB_DATA_DIR"})), Reply.say("folder known"))
+    folder = client.chat.completions.create(model=MODEL, messages=user(), mcp_servers=["test/probe"])
+    answer = (folder.mcp_tool_results or [])[0].result
+    marker = Path(answer["result"] if isinstance(answer, dict) else str(answer)) / "sleep-started"
     scripted_model.reset()
     scripted_model.push(Reply.call(("test-probe__sleep", {"ms": 30_000, "marker": str(marker)}), text="Working. "),
                         Reply.say("never asked for"))
