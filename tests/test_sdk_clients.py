@@ -473,7 +473,7 @@ def test_disconnect_mid_stream_cancels_pending_tool_calls(hub: HubServer, script
     scripted_model.push(Reply.call(("test-probe__env", {"name": "MCP_HUB_DATA_DIR"})), Reply.say("folder known"))
     folder = client.chat.completions.create(model=MODEL, messages=user(), mcp_servers=["test/probe"])
     answer = (folder.mcp_tool_results or [])[0].result
-    marker = Path(answer["result"] if isinstance(answer, dict) else str(answer)) / "sleep-started"
+    marker = Path(str(answer["result"] if isinstance(answer, dict) else answer)) / "sleep-started"
     scripted_model.reset()
     scripted_model.push(Reply.call(("test-probe__sleep", {"ms": 30_000, "marker": str(marker)}), text="Working. "),
                         Reply.say("never asked for"))
