@@ -32,6 +32,9 @@ from anyio.abc import SocketAttribute, SocketStream
 
 from mcp_hub.egress import EgressGuard
 from mcp_hub.egress_proxy import EgressProxy
+from mcp_hub.hub import Hub
+from mcp_hub.registry import Registry
+from mcp_hub.settings import Settings
 
 from .conftest import ROOT, free_port, stop, wait_for_port
 from .test_egress import PUBLIC, Resolver
@@ -412,3 +415,19 @@ async def test_a_network_namespace_reaches_out_only_through_the_bridge(sockdir: 
     assert "DIRECT: refused" in output  # its own network namespace: the hub's loopback is not there
     assert "PROXY: FROM THE SANDBOX" in output
     assert server.connections == 1  # the proxied one only
+
+
+async def test_the_hub_opens_the_proxy_with_its_guard_and_closes_it(settings: Settings, registry: Registry,
+                                                                    sockdir: Path) -> None:
+    path = sockdir / "hub" / "probe.sock"
+    async with origin() as server:
+        async with Hub(settings, registry) as hub:
+            proxy = hub.pool._opener.egress_proxy
+            assert proxy.guard is hub.egress  # the operator's egress_allow (the tests allow 127.0.0.0/8)
+            async with proxy.serve(path, name="probe"):
+                answer = await exchange(path, connect(f"127.0.0.1:{server.port}", get("x")))
+        assert b"200 OK" in answer
+        with pytest.raises(RuntimeError, match="closed"):
+            async with proxy.serve(path, name="probe"):
+                pass
+    assert not path.exists()
