@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+import anyio
 import httpx2
 
 from .egress import EgressGuard, Pin, host_of, parse_host
@@ -183,14 +184,17 @@ class EgressProxy:
         try:
             yield
         finally:
+            # Everything that needs no waiting first: a cancelled owner's awaits raise at once.
             self._serving.discard(live)
             live.stop()
-            # Shielded: even a cancelled caller leaves no connection task or socket behind.
-            await asyncio.shield(asyncio.gather(*live.tasks, return_exceptions=True))
-            for sock in live.unstarted:
-                sock.close()
             listener.close()
             path.unlink(missing_ok=True)
+            try:
+                with anyio.move_on_after(5, shield=True):  # cancelled tasks close their connections at once
+                    await asyncio.gather(*live.tasks, return_exceptions=True)
+            finally:
+                for sock in live.unstarted:
+                    sock.close()
 
     async def _accept(self, listener: socket.socket, name: str, only: frozenset[str] | None,
                       live: _Connections) -> None:

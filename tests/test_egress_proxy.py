@@ -454,3 +454,29 @@ async def test_a_stale_socket_is_replaced_but_never_another_file(sockdir: Path) 
         async with proxy.serve(precious, name="probe"):
             pass
     assert precious.read_text() == "keep me"
+
+
+async def test_a_cancelled_owner_still_closes_its_socket_and_tunnels(sockdir: Path) -> None:
+    path = sockdir / "run" / "egress.sock"
+    proxy = EgressProxy(EgressGuard(["127.0.0.1"]))
+    listening, stopped = anyio.Event(), anyio.Event()
+    scope = anyio.CancelScope()
+
+    async def owner() -> None:  # a session's owner task, cancelled when the session stops
+        with scope:
+            async with proxy.serve(path, name="probe"):
+                listening.set()
+                await anyio.sleep_forever()
+        stopped.set()
+
+    async with origin() as server, anyio.create_task_group() as tg:
+        tg.start_soon(owner)
+        await listening.wait()
+        async with opened(path) as (reader, writer):
+            writer.write(connect(f"127.0.0.1:{server.port}", b"ECHO\n"))
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            scope.cancel()
+            with anyio.fail_after(10):
+                assert await reader.read() == b""
+                await stopped.wait()
+    assert not path.exists()
