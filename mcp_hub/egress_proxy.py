@@ -176,6 +176,8 @@ class EgressProxy:
         `only_hosts`: only these exact names are reachable (package registries), at any address."""
         if self._closed:
             raise RuntimeError("the egress proxy is closed")
+        if isinstance(only_hosts, str):  # would otherwise become a set of letters
+            raise TypeError("only_hosts is a sequence of host names, not one string")
         only = None if only_hosts is None else frozenset(host.lower().rstrip(".") for host in only_hosts)
         listener = _listen(path)
         live = _Connections(self.max_connections)

@@ -257,6 +257,9 @@ async def test_only_hosts_refuses_every_other_name(sockdir: Path) -> None:
             assert b"is not one of the package registries" in answer
     assert server.connections == 0
     assert resolver.asked == []  # refused by name, before any DNS
+    with pytest.raises(TypeError, match="sequence of host names"):
+        async with EgressProxy(EgressGuard()).serve(sockdir / "x.sock", name="probe", only_hosts="localhost"):
+            pass
 
 
 async def test_only_hosts_reaches_a_listed_name_at_a_private_address(sockdir: Path) -> None:
