@@ -37,6 +37,7 @@ from .executor import Batch, CallContext, Executor, ToolCall, ToolResult
 from .gateway import Gateway
 from .handoff import HandoffStore
 from .idempotency import IdempotencyStore
+from .installer import PackageStore
 from .keyring import Keyring
 from .metrics import HubMetrics
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
@@ -124,6 +125,8 @@ class Hub:
         self.metrics = HubMetrics()
         self._tool_hashes = ToolHashes()
         self.catalogs = CatalogCache()  # requests naming the same servers share their tool catalog
+        # Published npm/PyPI packages, installed once each into the data folder (see `installer.py`).
+        self.packages = PackageStore(settings.data_dir.resolve() / "packages", timeout=settings.package_install_timeout)
         self.metrics.gauges(lambda: self.status() if self._pool is not None else {})
 
     @property
@@ -241,7 +244,7 @@ class Hub:
             stack.push_async_callback(self._egress_http.aclose)
             opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root,
                             http=self._egress_http, http_timeout=self.settings.connect_timeout, oauth=self._oauth,
-                            elicitation=self._elicitation, egress=self.egress)
+                            elicitation=self._elicitation, egress=self.egress, packages=self.packages)
             self._pins = await DatabasePins(self._database).open()
             self._registrations = Registrations(self, await RegistrationStore(self._database).open())
             await self._registrations.refresh()

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     restart_backoff: float = Field(0.25, ge=0, description="First delay before respawning a crashed child.")
     restart_backoff_max: float = Field(30.0, ge=0)
     prewarm: bool = Field(False, description="Start every hosted server's latest version at start-up.")
+    package_install_timeout: float = Field(
+        300.0, gt=0, description="Seconds to install a published npm/PyPI package version (once, into data_dir/packages).")
     egress_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Hosts, *.domains and CIDRs that MCP server URLs may reach although "
         "private (comma-separated or JSON in MCP_HUB_EGRESS_ALLOW); unset: only public addresses.")

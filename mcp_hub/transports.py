@@ -37,6 +37,7 @@ from .backchannel import BackChannel
 from .credentials import Binding
 from .egress import EgressGuard, EgressSession, pinned
 from .errors import AuthRequired, ServerError, UrlBlocked
+from .installer import PackageStore
 from .oauth import OAuthBroker
 from .resolution import Target
 from .scrubbing import Scrubber
@@ -219,7 +220,8 @@ class Opener:
 
     def __init__(self, *, logs_dir: Path, data_dir: Path, registry_root: Path, http: httpx2.AsyncBaseTransport,
                  http_timeout: float = 30.0, oauth: OAuthBroker | None = None,
-                 elicitation: ElicitationFnT = decline_elicitation, egress: EgressGuard | None = None) -> None:
+                 elicitation: ElicitationFnT = decline_elicitation, egress: EgressGuard | None = None,
+                 packages: PackageStore | None = None) -> None:
         """`http` should come from `egress.transport()`, so connections dial only pinned addresses."""
         self.logs_dir = logs_dir
         self.data_dir = data_dir
@@ -231,6 +233,7 @@ class Opener:
         self._setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
         self.oauth = oauth or OAuthBroker()
         self.elicitation = elicitation
+        self.packages = packages or PackageStore(data_dir / "packages")
 
     def expand(self, text: str) -> str:
         """Fill `{python}`, `{registry_dir}` and `{data_dir}` in registry commands, env and cwd."""
@@ -247,10 +250,18 @@ class Opener:
         return httpx2.AsyncClient(transport=transport, headers=headers, timeout=self._timeout, follow_redirects=False,
                                   auth=auth)
 
+    async def prepare(self, target: Target) -> None:
+        """Install a package version's files once (outside the connect deadline: a first install takes a while)."""
+        if target.version.package is not None:
+            await self.packages.install(target.version.package, server=target.name)
+
     def stdio_params(self, target: Target, binding: Binding) -> StdioServerParameters:
         version = target.version
-        assert version.command is not None
-        command = [self.expand(part) for part in version.command]
+        if version.package is not None:  # the installed entry point; the package's arguments are its argv, as given
+            command = self.packages.command(version.package)
+        else:
+            assert version.command is not None
+            command = [self.expand(part) for part in version.command]
         executable = shutil.which(command[0], path=(version.env.get("PATH") or None))
         if executable is None:
             raise FileNotFoundError(2, "command not found", command[0])
