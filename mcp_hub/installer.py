@@ -79,15 +79,25 @@ class PackageStore:
             self.root.mkdir(parents=True, exist_ok=True)
             async with self._locks.setdefault(key, anyio.Lock()):
                 if key not in self._entries:
-                    entry = self._installed(package, folder)
-                    if entry is None:
-                        with anyio.move_on_after(self.timeout) as scope:
-                            entry = await self._install(package, folder, server)
-                        if scope.cancelled_caught or entry is None:
-                            raise PackageInstallFailed(f"installing {package.spec} took longer than {self.timeout:g}s",
-                                                       server=server)
-                    self._entries[key] = entry
+                    self._entries[key] = self._installed(package, folder) or await self._timed(package, folder, server)
         return self.command(package)
+
+    async def _timed(self, package: Package, folder: Path, server: str) -> list[str]:
+        """Install within the time budget; whatever fails leaves no folder behind."""
+        entry = None
+        try:
+            with anyio.move_on_after(self.timeout):
+                entry = await self._install(package, folder, server)
+        except ValueError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise PackageInstallFailed(f"installing {package.spec} failed: {exc}", server=server) from None
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if entry is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise PackageInstallFailed(f"installing {package.spec} took longer than {self.timeout:g}s", server=server)
+        return entry
 
     def _installed(self, package: Package, folder: Path) -> list[str] | None:
         """The entry point recorded by a finished install, or None (never installed, or left half-done)."""
@@ -104,21 +114,14 @@ class PackageStore:
         folder.mkdir(parents=True, mode=0o755)
         if self._sources is None:
             self._sources = await discover_sources(self._python)
-        try:
-            with tempfile.TemporaryDirectory(prefix=".install-", dir=self.root) as scratch:
-                if package.registry == "npm":
-                    await self._npm(package, folder, Path(scratch), server)
-                    entry = _npm_bin(package, folder, server)
-                else:
-                    await self._pip(package, folder, Path(scratch), server)
-                    entry = _console_script(package, folder, server)
-            argv = self._entry_argv(package, folder, entry)
-        except ValueError as exc:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise PackageInstallFailed(f"installing {package.spec} failed: {exc}", server=server) from None
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        with tempfile.TemporaryDirectory(prefix=".install-", dir=self.root) as scratch:
+            if package.registry == "npm":
+                await self._npm(package, folder, Path(scratch), server)
+                entry = _npm_bin(package, folder, server)
+            else:
+                await self._pip(package, folder, Path(scratch), server)
+                entry = _console_script(package, folder, server)
+        argv = self._entry_argv(package, folder, entry)
         (folder / MARKER).write_text(json.dumps({"package": package.spec, "entry": str(entry)}),
                                      encoding="utf-8")
         return argv
