@@ -36,6 +36,8 @@
         ├── ConnectError           connect_failed (spawn, handshake, network)
         ├── PackageInstallFailed   package_install_failed: npm/pip could not install
         │                          a hosted version's package (its last stderr lines)
+        ├── SandboxUnavailable     sandbox_unavailable: bubblewrap (or util-linux) is missing,
+        │                          so a sandboxed hosted server is not started
         ├── AuthRequired (401)     auth_required: an OAuth server needs a user
         │                          to authorize the hub first
         ├── UrlBlocked (403)       url_blocked: the egress guard refuses the URL
@@ -310,6 +312,14 @@ class PackageInstallFailed(ServerError):
     code = "package_install_failed"
     recommendation = ("The package version could not be installed from the registries this hub is configured for; "
                       "check that it exists, or retry later.")
+
+
+class SandboxUnavailable(ServerError):
+    """A hosted server must run sandboxed and the sandbox's tools (bubblewrap) are not installed."""
+
+    status = 503
+    code = "sandbox_unavailable"
+    recommendation = "Install bubblewrap on the hub's machine (`apt-get install bubblewrap`)."
 
 
 class AuthRequired(ServerError):

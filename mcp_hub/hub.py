@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -31,6 +32,7 @@ from .credentials import Credential, bind
 from .database import Database, records_database
 from .deferred import DeferredCompletions
 from .egress import EgressGuard
+from .egress_proxy import EgressProxy
 from .envelopes import unseal
 from .errors import NotFound, RequestError, ServerError
 from .executor import Batch, CallContext, Executor, ToolCall, ToolResult
@@ -49,6 +51,7 @@ from .ratelimit import RateLimiter
 from .registrations import Registrations, RegistrationStore
 from .registry import Entry, Registry
 from .resolution import resolve
+from .sandbox import Sandbox
 from .scrubbing import LiveSecretsFilter
 from .sessions import ManagedSession
 from .settings import Settings
@@ -242,9 +245,15 @@ class Hub:
             self._oauth = OAuthBroker(self._oauth_identity, user_agent=self._user_agent)
             self._egress_http = self.egress.transport(limits=limits)  # MCP server URLs: guarded
             stack.push_async_callback(self._egress_http.aclose)
+            # Sandboxed children's only way out; closes whatever sockets are still served on exit.
+            egress_proxy = await stack.enter_async_context(EgressProxy(self.egress))
+            sandbox = self._sandbox(data_dir)
+            self.packages.use(sandbox, egress_proxy, base_env=self.settings.sandbox_base_env)
             opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root,
                             http=self._egress_http, http_timeout=self.settings.connect_timeout, oauth=self._oauth,
-                            elicitation=self._elicitation, egress=self.egress, packages=self.packages)
+                            elicitation=self._elicitation, egress=self.egress, egress_proxy=egress_proxy,
+                            sandbox=sandbox, limits=self.settings.sandbox_limits,
+                            base_env=self.settings.sandbox_base_env, packages=self.packages)
             self._pins = await DatabasePins(self._database).open()
             self._registrations = Registrations(self, await RegistrationStore(self._database).open())
             await self._registrations.refresh()
@@ -268,6 +277,13 @@ class Hub:
                 if entry.versions[entry.latest].hosted and not any(c.required for c in entry.connections.values()):
                     self.open_servers(entry.slug)
         return self
+
+    def _sandbox(self, data_dir: Path) -> Sandbox | None:
+        """The hosted servers' sandbox (None: turned off); it never shows them the hub's data folder or keys."""
+        if not self.settings.sandbox:
+            return None
+        hidden = [data_dir, *([self.settings.encryption_key_file.resolve()] if self.settings.encryption_key_file else [])]
+        return Sandbox(self.settings.sandbox_bwrap, uid=self.settings.sandbox_uid, hidden=hidden)
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:

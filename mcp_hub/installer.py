@@ -12,9 +12,10 @@ answers the argv that runs its entry point directly:
 
 Nothing of the publisher's runs while installing (no npm lifecycle scripts, no sdist builds),
 and no runner (`npx`, `uvx`) stands between the hub and the server: every argument after the
-entry point is the server's own argv. The install itself runs through `install_command`:
+entry point is the server's own argv. The install itself runs
 sandboxed when the hub has a sandbox (its network only the package registries this host is
-configured for, `sources.py`), the folder writable during the install and read-only later.
+configured for, `sources.py`; local sources bound read-only), the folder writable during the
+install and bound read-only when the server runs (`hosting.py`).
 Concurrent sessions wait for one install (a lock per package); a folder left without its
 completion marker (a crash mid-install) is wiped and installed again.
 """
@@ -29,17 +30,25 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from .errors import PackageInstallFailed
+from .egress_proxy import EgressProxy
+from .errors import PackageInstallFailed, SandboxUnavailable
 from .packages import Package
+from .sandbox import HOME, Sandbox, SandboxLimits
+from .sandbox_bridge import PROXY_PORT
 from .sources import Sources, discover_sources
 
 MARKER = ".mcp-hub-installed.json"
+PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"  # the egress proxy, as the sandbox bridge serves it inside
+# An install is bigger than a server's run (dependency trees, a venv), and brief.
+INSTALL_LIMITS = SandboxLimits(memory_mb=4096, cpu_seconds=900, processes=512, open_files=4096, file_size_mb=1024,
+                               disk_mb=2048, stderr_kb=1024)
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 _TOKEN = re.compile(r"(?i)(_auth(?:token)?|password|token)(\s*[=:]\s*)\S+")
 
@@ -55,6 +64,15 @@ class PackageStore:
         self._sources = sources
         self._locks: dict[str, anyio.Lock] = {}
         self._entries: dict[str, list[str]] = {}  # folder -> the entry point's argv (no arguments)
+        self._sandbox: Sandbox | None = None
+        self._egress_proxy: EgressProxy | None = None
+        self._base_env: dict[str, str] = {}
+
+    def use(self, sandbox: Sandbox | None, egress_proxy: EgressProxy | None, *,
+            base_env: Mapping[str, str] | None = None) -> None:
+        """Install inside `sandbox` (None: unsandboxed), reaching registries through `egress_proxy` (the hub's,
+        open while the hub runs); `base_env`: the host's locale and CA variables the installers need."""
+        self._sandbox, self._egress_proxy, self._base_env = sandbox, egress_proxy, dict(base_env or {})
 
     def folder(self, package: Package) -> Path:
         """The package version's install folder (its name comes from validated text only)."""
@@ -168,30 +186,53 @@ class PackageStore:
         tools = [shutil.which(name) for name in ("node", "npm")]
         path = os.pathsep.join(dict.fromkeys([*(str(Path(t).parent) for t in tools if t), "/usr/local/bin", "/usr/bin",
                                               "/bin"]))
-        env = {"PATH": path, "HOME": str(scratch),
-               "LANG": "C.UTF-8", "PIP_CONFIG_FILE": os.devnull, "NPM_CONFIG_USERCONFIG": os.devnull,
-               "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {"PATH": path, "HOME": str(scratch), "LANG": "C.UTF-8", "PIP_CONFIG_FILE": os.devnull,
+               "NPM_CONFIG_USERCONFIG": os.devnull, "PYTHONDONTWRITEBYTECODE": "1"} | self._base_env
         log = scratch / "stderr.log"
-        command = install_command(argv, env=env, cwd=folder, writable=(folder, scratch), readonly=readonly,
-                                  hosts=hosts)
-        with open(log, "wb") as errors:
-            process = await anyio.open_process(command, stdin=None, stdout=errors, stderr=errors, cwd=str(folder),
-                                               env=env, start_new_session=True)
-            try:
-                code = await process.wait()
-            finally:
-                if process.returncode is None:  # cancelled (the install's time budget): the whole group goes
-                    with anyio.CancelScope(shield=True):
-                        _kill_group(process.pid)
-                        await process.wait()
+        async with self._sandboxed(argv, env, folder, scratch, readonly, hosts, server) as (command, env):
+            with open(log, "wb") as errors:
+                process = await anyio.open_process(command, stdin=None, stdout=errors, stderr=errors,
+                                                   cwd=str(folder), env=env, start_new_session=True)
+                try:
+                    code = await process.wait()
+                finally:
+                    if process.returncode is None:  # cancelled (the install's time budget): the whole group goes
+                        with anyio.CancelScope(shield=True):
+                            _kill_group(process.pid)
+                            await process.wait()
         if code != 0:
             raise PackageInstallFailed(f"installing {package.spec} failed: {stderr_tail(log)}", server=server)
 
-
-def install_command(argv: list[str], *, env: dict[str, str], cwd: Path, writable: Sequence[Path],
-                    readonly: Sequence[Path], hosts: Sequence[str]) -> list[str]:
-    """The command line of one install step (the one place an install would enter a sandbox)."""
-    return argv
+    @asynccontextmanager
+    async def _sandboxed(self, argv: list[str], env: dict[str, str], folder: Path, scratch: Path,
+                         readonly: Sequence[Path], hosts: Sequence[str],
+                         server: str) -> AsyncIterator[tuple[list[str], dict[str, str]]]:
+        """The install step's command line and environment: in the hub's sandbox when it has one, the
+        package folder and a scratch folder writable, the network only the registry `hosts` (through the
+        egress proxy; none at all when the sources are local), local sources bound read-only."""
+        if self._sandbox is None or self._egress_proxy is None:
+            yield argv, env
+            return
+        sandbox = self._sandbox
+        for writable in (folder, scratch):
+            sandbox.prepare(writable)  # owned by the sandbox's uid when the hub is root
+        env = env | {"HOME": HOME}
+        async with AsyncExitStack() as stack:
+            socket = None
+            if hosts:
+                run = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mcp-hub-install-")))
+                socket = run / "egress.sock"
+                await stack.enter_async_context(self._egress_proxy.serve(socket, name=server, only_hosts=list(hosts)))
+                sandbox.grant(socket)
+                env |= {name: PROXY_URL for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
+                                                     "npm_config_proxy", "npm_config_https_proxy")}
+                env |= {"NO_PROXY": "", "no_proxy": ""}
+            try:
+                command = sandbox.command(argv, env=env, cwd=str(folder), writable=[folder, scratch],
+                                          readonly=list(readonly), egress_socket=socket, limits=INSTALL_LIMITS)
+            except SandboxUnavailable as exc:
+                raise SandboxUnavailable(f"installing a package for {server!r}: {exc.message}", server=server) from None
+            yield command, env
 
 
 def _kill_group(pid: int) -> None:

@@ -55,7 +55,7 @@ def build_entry(slug: str, description: str, tags: list[str], connections: dict[
     """An `Entry`, or a 400 naming the field (the same rules as registry.yaml)."""
     try:
         return Entry.model_validate({"slug": slug, "description": description, "tags": tags, "connections": connections,
-                                     "limits": limits, "versions": versions})
+                                     "limits": limits, "versions": versions, "published": True})
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None

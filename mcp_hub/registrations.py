@@ -68,6 +68,7 @@ class VersionBody(_Body):
     env: dict[str, str] = {}
     protocol: Literal["legacy", "auto", "2025-11-25", "2026-07-28"] = "legacy"
     deprecated: bool = False
+    network: Literal["none", "egress"] = "none"  # hosted: egress reaches public hosts through the hub's proxy
 
     def spec(self) -> dict[str, Any]:
         """The registry `Version` fields this body stands for."""
@@ -80,7 +81,7 @@ class VersionBody(_Body):
             spec |= {"url": self.url, "headers": self.headers} | ({"transport": self.transport} if self.transport else {})
         else:
             hosted = {"package": self.package.model_dump(mode="json")} if self.package else {"command": self.command}
-            spec |= hosted | {"env": self.env}
+            spec |= hosted | {"env": self.env, "network": self.network}
         return spec
 
 

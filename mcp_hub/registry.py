@@ -33,10 +33,24 @@ class _Model(BaseModel):
 
 
 class Limits(_Model):
-    """Per-server limits; unset fields fall back to the hub's settings."""
+    """Per-server limits; unset fields fall back to the hub's settings (`sandbox_*` for the sandbox's).
+
+    A published server's sandbox limits can only lower the operator's defaults (`SandboxLimits.within`).
+    """
 
     call_timeout: Annotated[float, Field(gt=0)] | None = None
     concurrency: Annotated[int, Field(ge=1)] | None = None
+    memory_mb: Annotated[int, Field(ge=16)] | None = None
+    cpu_seconds: Annotated[int, Field(ge=1)] | None = None
+    processes: Annotated[int, Field(ge=8)] | None = None
+    open_files: Annotated[int, Field(ge=32)] | None = None
+    file_size_mb: Annotated[int, Field(ge=1)] | None = None
+    disk_mb: Annotated[int, Field(ge=1)] | None = None
+    stderr_kb: Annotated[int, Field(ge=16)] | None = None
+
+    def sandbox(self) -> dict[str, int | None]:
+        """The sandbox limits this entry sets (None: the hub's default)."""
+        return self.model_dump(exclude={"call_timeout", "concurrency"})
 
 
 class Connection(_Model):
@@ -101,6 +115,7 @@ class Version(_Model):
     protocol: Protocol = "legacy"
     oauth: OAuth | None = None
     deprecated: bool = False
+    network: Literal["none", "egress"] = "none"  # hosted: egress = the outside through the hub's egress proxy
 
     @field_validator("command", mode="before")
     @classmethod
@@ -124,6 +139,8 @@ class Version(_Model):
                 raise ValueError("a remote `url` speaks streamable-http or sse")
         elif self.oauth is not None:
             raise ValueError("`oauth` applies to remote (`url`) servers only")
+        if self.url is not None and self.network != "none":
+            raise ValueError("`network` applies to hosted (`command`) servers only")
         return self
 
     @property
@@ -157,6 +174,9 @@ class Entry(_Model):
     connections: dict[str, Connection] = {}
     limits: Limits = Limits()
     versions: dict[str, Version]
+    # Hosted versions run sandboxed; only the operator's registry file may say false (registrations never set it).
+    sandbox: bool = True
+    published: bool = Field(False, exclude=True)  # set by registrations: its limits only lower the defaults
 
     @field_validator("slug")
     @classmethod

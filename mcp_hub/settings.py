@@ -34,7 +34,11 @@ from pydantic_settings import (
 
 from .egress import Allowlist
 from .errors import ConfigError
+from .sandbox import SandboxLimits
 
+# The host's variables a hosted server inherits (nothing else of the hub's environment reaches it).
+INHERITED_ENV = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS",
+                 "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT")
 PROVIDER_PREFIX = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 
 
@@ -81,6 +85,22 @@ class Settings(BaseSettings):
     max_sessions: int = Field(256, ge=1, description="Cap on live sessions of every kind.")
     restart_backoff: float = Field(0.25, ge=0, description="First delay before respawning a crashed child.")
     restart_backoff_max: float = Field(30.0, ge=0)
+    # The sandbox of hosted servers (mcp_hub.sandbox); registry limits override the defaults per server.
+    sandbox: bool = Field(True, description="Run hosted servers in a bubblewrap sandbox; a registry.yaml entry "
+                          "may opt out with `sandbox: false`.")
+    sandbox_bwrap: str = Field("bwrap", min_length=1, description="The bubblewrap executable (name or path).")
+    sandbox_uid: int = Field(65534, ge=1, description="The unprivileged uid (and gid) hosted servers run as.")
+    sandbox_memory_mb: int = Field(2048, ge=16, description="Per child: data memory (RLIMIT_DATA) in MiB.")
+    sandbox_cpu_seconds: int = Field(3600, ge=1, description="Per child: CPU seconds over its life (RLIMIT_CPU).")
+    sandbox_processes: int = Field(256, ge=8, description="Per child: processes and threads (RLIMIT_NPROC).")
+    sandbox_open_files: int = Field(1024, ge=32, description="Per child: open files (RLIMIT_NOFILE).")
+    sandbox_file_size_mb: int = Field(256, ge=1, description="Per child: largest file it may write (RLIMIT_FSIZE), MiB.")
+    sandbox_disk_mb: int = Field(512, ge=1, description="Per child: MiB in its data folder (checked by the hub), "
+                                 "and the size of each of its private /tmp and HOME.")
+    sandbox_stderr_kb: int = Field(1024, ge=16, description="Per server: KiB of stderr log before it rotates to .1.")
+    sandbox_base_env: dict[str, str] = Field(
+        default_factory=dict, description="Variables every hosted server gets besides PATH/HOME/TMPDIR: by default "
+        "the hub's own LANG, LC_ALL, TZ and CA settings (SSL_CERT_FILE, NODE_EXTRA_CA_CERTS, ...), when set.")
     prewarm: bool = Field(False, description="Start every hosted server's latest version at start-up.")
     package_install_timeout: float = Field(
         300.0, gt=0, description="Seconds to install a published npm/PyPI package version (once, into data_dir/packages).")
@@ -193,6 +213,21 @@ class Settings(BaseSettings):
             if config.api_key is None and config.api_key_env and os.environ.get(config.api_key_env):
                 config.api_key = SecretStr(os.environ[config.api_key_env])
         return self
+
+    @model_validator(mode="after")
+    def _read_base_env(self) -> Settings:
+        """The host's locale and CA settings that hosted servers inherit, read here, at the edge."""
+        if not self.sandbox_base_env:
+            self.sandbox_base_env = {name: os.environ[name] for name in INHERITED_ENV if os.environ.get(name)}
+        return self
+
+    @property
+    def sandbox_limits(self) -> SandboxLimits:
+        """The operator's default limits for every sandboxed child."""
+        return SandboxLimits(memory_mb=self.sandbox_memory_mb, cpu_seconds=self.sandbox_cpu_seconds,
+                             processes=self.sandbox_processes, open_files=self.sandbox_open_files,
+                             file_size_mb=self.sandbox_file_size_mb, disk_mb=self.sandbox_disk_mb,
+                             stderr_kb=self.sandbox_stderr_kb)
 
     @field_validator("egress_allow", mode="before")
     @classmethod

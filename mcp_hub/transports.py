@@ -12,20 +12,18 @@ own process group and kills the group on close.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import shutil
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import anyio
 import httpx2
 import mcp.types as types
-from mcp import Client, StdioServerParameters
+from mcp import Client
 from mcp.client.context import ClientRequestContext
 from mcp.client.session import ElicitationFnT, MessageHandlerFnT
 from mcp.client.sse import sse_client
@@ -34,12 +32,16 @@ from mcp.client.streamable_http import streamable_http_client
 
 from . import __version__
 from .backchannel import BackChannel
+from .childlog import child_stderr
 from .credentials import Binding
 from .egress import EgressGuard, EgressSession, pinned
+from .egress_proxy import EgressProxy
 from .errors import AuthRequired, ServerError, UrlBlocked
+from .hosting import Hosting
 from .installer import PackageStore
 from .oauth import OAuthBroker
 from .resolution import Target
+from .sandbox import Sandbox, SandboxLimits
 from .scrubbing import Scrubber
 
 
@@ -181,64 +183,33 @@ def _verdict(exc: BaseException) -> ServerError | None:
     return None
 
 
-@asynccontextmanager
-async def _scrubbed_log(path: Path, scrubber: Scrubber) -> AsyncIterator[TextIO]:
-    """A pipe for a child's stderr whose lines reach the log file with secrets replaced."""
-    read_fd, write_fd = os.pipe()
-    writer = os.fdopen(write_fd, "w", encoding="utf-8")
-    reader = asyncio.StreamReader()
-    loop = asyncio.get_running_loop()
-    pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb"))
-
-    drained = anyio.Event()
-
-    async def pump() -> None:
-        try:
-            with open(path, "a", encoding="utf-8") as log:
-                while line := await reader.readline():
-                    log.write(scrubber.text(line.decode("utf-8", "replace")))
-                    log.flush()
-        finally:
-            drained.set()
-
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(pump)
-            try:
-                yield writer
-            finally:
-                writer.close()  # the child's copy closed when it exited; now the pipe ends
-                with anyio.move_on_after(2, shield=True):
-                    await drained.wait()
-                tg.cancel_scope.cancel()
-    finally:
-        pipe.close()
-
-
 class Opener:
     """Builds entered `Client`s for targets; owns the shared HTTP transport."""
 
     def __init__(self, *, logs_dir: Path, data_dir: Path, registry_root: Path, http: httpx2.AsyncBaseTransport,
                  http_timeout: float = 30.0, oauth: OAuthBroker | None = None,
                  elicitation: ElicitationFnT = decline_elicitation, egress: EgressGuard | None = None,
+                 egress_proxy: EgressProxy | None = None, sandbox: Sandbox | None = None,
+                 limits: SandboxLimits | None = None, base_env: Mapping[str, str] | None = None,
                  packages: PackageStore | None = None) -> None:
-        """`http` should come from `egress.transport()`, so connections dial only pinned addresses."""
+        """`http` should come from `egress.transport()`, so connections dial only pinned addresses;
+        `egress_proxy` (the hub's, on its exit stack) is what sandboxed children reach the network through;
+        `sandbox` None runs hosted children unsandboxed; `packages` installs published packages once."""
         self.logs_dir = logs_dir
         self.data_dir = data_dir
         self.registry_root = registry_root
         self._inner = http
         self._http = SharedTransport(http)
         self.egress = egress or EgressGuard()
+        self.egress_proxy = egress_proxy or EgressProxy(self.egress)
         self._timeout = httpx2.Timeout(http_timeout, read=300.0)
-        self._setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+        setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+        self.packages = packages or PackageStore(data_dir / "packages")
+        self.hosting = Hosting(data_dir=data_dir, registry_root=registry_root, sandbox=sandbox, limits=limits,
+                               base_env=base_env, egress_proxy=self.egress_proxy, setpriv=setpriv,
+                               packages=self.packages)
         self.oauth = oauth or OAuthBroker()
         self.elicitation = elicitation
-        self.packages = packages or PackageStore(data_dir / "packages")
-
-    def expand(self, text: str) -> str:
-        """Fill `{python}`, `{registry_dir}` and `{data_dir}` in registry commands, env and cwd."""
-        values = {"python": sys.executable, "registry_dir": str(self.registry_root), "data_dir": str(self.data_dir)}
-        return re.sub(r"{(python|registry_dir|data_dir)}", lambda m: values[m.group(1)], text)
 
     def http_client(self, headers: dict[str, str], auth: httpx2.Auth | None = None,
                     egress: EgressSession | None = None) -> httpx2.AsyncClient:
@@ -254,25 +225,6 @@ class Opener:
         """Install a package version's files once (outside the connect deadline: a first install takes a while)."""
         if target.version.package is not None:
             await self.packages.install(target.version.package, server=target.name)
-
-    def stdio_params(self, target: Target, binding: Binding) -> StdioServerParameters:
-        version = target.version
-        if version.package is not None:  # the installed entry point; the package's arguments are its argv, as given
-            command = self.packages.command(version.package)
-        else:
-            assert version.command is not None
-            command = [self.expand(part) for part in version.command]
-        executable = shutil.which(command[0], path=(version.env.get("PATH") or None))
-        if executable is None:
-            raise FileNotFoundError(2, "command not found", command[0])
-        command[0] = executable
-        if self._setpriv:
-            command = [self._setpriv, "--pdeathsig", "KILL", "--", *command]
-        env = {key: self.expand(value) for key, value in version.env.items()} | binding.env
-        # Hosted servers find the hub's data folder the same way everywhere.
-        env.setdefault("MCP_HUB_DATA_DIR", str(self.data_dir))
-        cwd = self.expand(version.cwd) if version.cwd else str(self.registry_root)
-        return StdioServerParameters(command=command[0], args=command[1:], env=env, cwd=cwd)
 
     def log_path(self, target: Target) -> Path:
         return self.logs_dir / (re.sub(r"[^A-Za-z0-9._@-]+", "_", target.ident).strip("_") + ".log")
@@ -321,12 +273,11 @@ class Opener:
         async with AsyncExitStack() as stack:
             if version.kind == "stdio":
                 self.logs_dir.mkdir(parents=True, exist_ok=True)
-                scrubber = Scrubber(binding.secrets())
-                if scrubber:  # a server may print its credential: its stderr passes through a scrubber
-                    errlog = await stack.enter_async_context(_scrubbed_log(self.log_path(target), scrubber))
-                else:
-                    errlog = stack.enter_context(open(self.log_path(target), "a", encoding="utf-8"))  # noqa: SIM115
-                transport: Any = stdio_client(self.stdio_params(target, binding), errlog=errlog)
+                params = await self.hosting.plan(target, binding, tenant, stack, closed)
+                # Through the hub always: a server may print its credential, or flood its log.
+                errlog = await stack.enter_async_context(child_stderr(
+                    self.log_path(target), Scrubber(binding.secrets()), self.hosting.limits_for(target).stderr_kb * 1024))
+                transport: Any = stdio_client(params, errlog=errlog)
             else:
                 assert version.url is not None
                 headers = version.headers | binding.headers

@@ -1,0 +1,191 @@
+"""Hosted servers run sandboxed: a hostile server (tests/hostile_server.py) attacks the hub's machine
+from inside, every attempt fails with the specific error, and the hub stays healthy."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+
+from mcp_hub.credentials import Credential
+from mcp_hub.executor import ToolCall
+from mcp_hub.hub import Hub
+from mcp_hub.registry import Registry
+from mcp_hub.settings import Settings
+
+from .conftest import ROOT, asgi_client, free_port
+
+HOSTILE = ROOT / "tests" / "hostile_server.py"
+SERVER = "test/hostile"
+LIMITS = {"memory_mb": 256, "processes": 32, "disk_mb": 4, "file_size_mb": 2, "stderr_kb": 64}
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bubblewrap is Linux-only")
+
+
+def hostile_entry(**version: Any) -> dict[str, Any]:
+    return {"limits": LIMITS, "connections": {"hostile": {"fields": ["token"], "env": {"HOSTILE_TOKEN": "{token}"},
+                                                          "required": False}},
+            "versions": {"1.0.0": {"command": ["{python}", str(HOSTILE)], **version}}}
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry.from_data({"servers": {SERVER: hostile_entry(), "test/online": hostile_entry(network="egress")}},
+                              root=ROOT)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.load(data_dir=tmp_path / "data", connect_timeout=20, restart_backoff=0.05, egress_allow=[])
+
+
+@pytest.fixture
+async def running(settings: Settings, registry: Registry) -> AsyncIterator[tuple[httpx2.AsyncClient, Hub]]:
+    os.environ["MCP_HUB_DATABASE_URL"] = "postgresql://postgres:hunter2@127.0.0.1/x"  # the hub's environment
+    try:
+        async with asgi_client(settings, registry) as pair:
+            yield pair
+    finally:
+        del os.environ["MCP_HUB_DATABASE_URL"]
+
+
+async def attack(hub: Hub, tool: str, server: str = SERVER, token: str | None = None, **args: Any) -> str:
+    credentials = [Credential(connection_name="hostile", values={"token": token})] if token else []
+    servers = hub.open_servers(server, credentials=credentials)
+    name = next(iter(servers.sessions), None) or next(iter(servers.errors))
+    batch = await hub.execute([ToolCall(name, tool, args)], servers)
+    result = batch.results[0]
+    assert not result.is_error, result.result
+    return str(result.result["result"])
+
+
+async def healthy(client: httpx2.AsyncClient, hub: Hub) -> None:
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await attack(hub, "env", name="HOME")) == "/home/sandbox"
+
+
+async def test_hub_files_are_out_of_sight(running: tuple[httpx2.AsyncClient, Hub], settings: Settings) -> None:
+    client, hub = running
+    data = settings.data_dir.resolve()
+    await attack(hub, "whoami", token="other-tenant-secret")  # another session's folder exists now
+    others = list((data / "sandboxes").iterdir())
+    assert others and (data / "records.sqlite3").exists() and (data / "encryption-keys").exists()
+    for path in [data / "records.sqlite3", data / "encryption-keys" / "x", *(other / "x" for other in others)]:
+        assert await attack(hub, "read", path=str(path)) == "error ENOENT", path
+    assert await attack(hub, "listdir", path=str(data / "encryption-keys")) == "error ENOENT"
+    assert await attack(hub, "read", path=f"/proc/{os.getpid()}/environ") == "error ENOENT"
+    assert await attack(hub, "read", path="/root/.bash_history") in ("error ENOENT", "error EACCES")
+    own = await attack(hub, "env", name="MCP_HUB_DATA_DIR")
+    assert Path(own).parent == data / "sandboxes" and Path(own) not in others
+    assert await attack(hub, "write", path=f"{own}/mine") == "ok"
+    for outside in [str(ROOT / "pwned"), "/usr/pwned", str(data / "pwned"), "/etc/pwned"]:
+        assert await attack(hub, "write", path=outside) in ("error EROFS", "error EACCES"), outside
+    assert not (ROOT / "pwned").exists()
+    uid, _, pid = (await attack(hub, "whoami")).split()
+    assert (uid, int(pid) < 10) == ("65534", True)  # an unprivileged user, in a PID namespace of its own
+    await healthy(client, hub)
+
+
+async def test_no_network_and_no_hub_environment(running: tuple[httpx2.AsyncClient, Hub]) -> None:
+    client, hub = running
+    hub_port = free_port()
+    with socket.create_server(("127.0.0.1", hub_port)):  # stands in for the hub's own listening port
+        for host, port in [("127.0.0.1", 5432), ("127.0.0.1", 6379), ("127.0.0.1", hub_port)]:
+            assert await attack(hub, "connect", host=host, port=port) == "error ECONNREFUSED"
+    for host in ["10.0.0.1", "169.254.169.254"]:
+        assert await attack(hub, "connect", host=host, port=80) == "error ENETUNREACH"
+    assert await attack(hub, "env", name="MCP_HUB_DATABASE_URL") == ""
+    os.environ["OPENAI_API_KEY"] = "sk-hub-secret"
+    try:
+        assert await attack(hub, "env", name="OPENAI_API_KEY", token="fresh-session") == ""
+    finally:
+        del os.environ["OPENAI_API_KEY"]
+    assert await attack(hub, "env", name="PATH") != os.environ["PATH"]
+    await healthy(client, hub)
+
+
+async def test_limits_hold(running: tuple[httpx2.AsyncClient, Hub], settings: Settings) -> None:
+    client, hub = running
+    forks = await attack(hub, "fork_bomb")
+    assert forks.startswith("error EAGAIN after") and int(forks.split()[-1]) < LIMITS["processes"]
+    assert await attack(hub, "allocate", mb=512) == "error MemoryError"
+    assert await attack(hub, "allocate", mb=16) == "ok 16777216"
+    tmp = await attack(hub, "fill", folder="/tmp", files=1, mb=3)
+    assert tmp == "error EFBIG after 2 MiB"  # one file past file_size_mb
+    await attack(hub, "flood", mb=2)
+    logs = list((settings.data_dir / "logs").glob("test_hostile*"))
+    assert logs and all(log.stat().st_size <= LIMITS["stderr_kb"] * 1024 for log in logs)
+    assert any(log.name.endswith(".1") for log in logs)  # rotated
+    await healthy(client, hub)
+
+
+async def test_data_folder_quota_stops_the_server(running: tuple[httpx2.AsyncClient, Hub]) -> None:
+    client, hub = running
+    own = await attack(hub, "env", name="MCP_HUB_DATA_DIR", token="filler-secret-71")
+    await attack(hub, "fill", folder=own, token="filler-secret-71", files=3, mb=2)  # may be stopped part-way
+    assert sum(path.stat().st_size for path in Path(own).iterdir()) > LIMITS["disk_mb"] * 1024 * 1024
+    credentials = [Credential(connection_name="hostile", values={"token": "filler-secret-71"})]
+    deadline = anyio.current_time() + 20
+    while True:  # the hub checks about once a second: the server is stopped and not started again
+        servers = hub.open_servers(SERVER, credentials=credentials)
+        batch = await hub.execute([ToolCall(SERVER, "whoami", {})], servers)
+        if batch.results[0].is_error and "over its 4 MiB quota" in str(batch.results[0].result):
+            break
+        assert anyio.current_time() < deadline, batch.results[0].result
+        await anyio.sleep(0.1)
+    await healthy(client, hub)  # other sessions are unaffected
+
+
+class _Origin(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"hello from the origin")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def origin() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+async def test_egress_goes_through_the_hubs_proxy_only(tmp_path: Path, registry: Registry, origin: int) -> None:
+    settings = Settings.load(data_dir=tmp_path / "data", connect_timeout=20, egress_allow=[f"127.0.0.1/32"])
+    async with asgi_client(settings, registry) as (client, hub):
+        assert await attack(hub, "fetch", server="test/online", url=f"http://127.0.0.1:{origin}/") == \
+            "ok 200 hello from the origin"
+        assert await attack(hub, "connect", server="test/online", host="127.0.0.1", port=origin) == "error ECONNREFUSED"
+    closed = Settings.load(data_dir=tmp_path / "data2", connect_timeout=20, egress_allow=[])
+    async with asgi_client(closed, registry) as (client, hub):
+        for port in [5432, 6379, origin]:
+            assert await attack(hub, "fetch", server="test/online", url=f"http://127.0.0.1:{port}/") == "http 403"
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_missing_bubblewrap_is_a_coded_error(tmp_path: Path, registry: Registry) -> None:
+    settings = Settings.load(data_dir=tmp_path / "data", sandbox_bwrap="/nonexistent/bwrap")
+    async with asgi_client(settings, registry) as (_, hub):
+        servers = hub.open_servers(SERVER)
+        batch = await hub.execute([ToolCall(SERVER, "whoami", {})], servers)
+        assert batch.results[0].is_error
+        errors = hub.open_servers(SERVER).errors or {}
+        session = servers.sessions[SERVER]
+        with pytest.raises(Exception) as raised:
+            await session.client(5)
+        assert getattr(raised.value, "code", None) == "sandbox_unavailable"
+        assert "apt-get install bubblewrap" in raised.value.recommendation  # type: ignore[attr-defined]
+        assert not errors or all(e.code == "sandbox_unavailable" for e in errors.values())
