@@ -78,6 +78,7 @@ def seed_argv_echo(store: PackageStore, bins: dict[str, str] | None = None) -> P
         pytest.skip("needs `npm ci` (the TypeScript SDK)")
     shutil.copytree(ROOT / "node_modules", folder / "node_modules", symlinks=True)
     shutil.copytree(ARGV_ECHO, folder / "node_modules" / "argv-echo")
+    (folder / "node_modules" / "argv-echo").chmod(0o777)  # only the mount can keep the server from writing here
     if bins is not None:
         manifest = json.loads((ARGV_ECHO / "package.json").read_text()) | {"bin": bins}
         (folder / "node_modules" / "argv-echo" / "package.json").write_text(json.dumps(manifest))
@@ -183,6 +184,10 @@ async def test_package_arguments_reach_the_server_as_data(market: tuple[httpx2.A
     seen = json.loads(called.json()["result"][0]["text"])
     # Every argument arrived, in order and unchanged ({data_dir} not filled in), and node took none as its own.
     assert seen == {"argv": HOSTILE_ARGUMENTS, "execArgv": []}
+    # The installed package is read-only to the server that runs from it.
+    written = await http.post("/v1/tools/call", headers=publisher, json={"server": "acme/echo", "tool": "write_own_files"})
+    assert written.json()["result"][0]["text"] == "EROFS", written.text
+    assert not (hub.packages.folder(_package()) / "node_modules" / "argv-echo" / "planted.js").exists()
 
 
 async def test_a_package_that_cannot_be_installed_is_a_server_error(hub_settings: Settings) -> None:

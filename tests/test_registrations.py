@@ -249,7 +249,9 @@ def test_server_json_mapping() -> None:
 
 def test_server_json_of_an_npm_package_imports_and_runs_from_the_cli(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    registry = tmp_path / "registry.yaml"
+    # The registry's folder is bound into the sandbox: not pytest's 0700 tmp_path, which would hide what lies below.
+    (tmp_path / "registry").mkdir(mode=0o755)
+    registry = tmp_path / "registry" / "registry.yaml"
     registry.write_text("servers: {}\n")
     data = ["--data-dir", str(tmp_path / "data"), "--registry", str(registry)]
     # The hub installs the package from the npm registry into its data folder, once, and runs its bin.
