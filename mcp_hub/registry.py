@@ -140,7 +140,7 @@ class Version(_Model):
         elif self.oauth is not None:
             raise ValueError("`oauth` applies to remote (`url`) servers only")
         if self.url is not None and self.network != "none":
-            raise ValueError("`network` applies to hosted (`command`) servers only")
+            raise ValueError("`network` applies to hosted (`command`, `package`) servers only")
         return self
 
     @property
@@ -310,10 +310,11 @@ class Registry:
                 raise ConfigError(f"{source}: {_describe(slug, exc)}") from None
             # The operator's own entries obey the same rule; one that truly needs such a variable
             # runs outside the sandbox (`sandbox: false`), a choice only this file can make.
-            problems = entries[slug].env_problems() if getattr(entries[slug], "sandbox", True) else []
+            problems = entries[slug].env_problems() if entries[slug].sandbox else []
             if problems:
                 field, message = problems[0]
-                raise ConfigError(f"{source}: servers[{slug!r}].{field}: {message}")
+                raise ConfigError(f"{source}: servers[{slug!r}].{field}: {message} (an entry that truly needs it "
+                                  "runs unsandboxed: `sandbox: false`)")
         return cls(entries, root=root)
 
     def __contains__(self, slug: str) -> bool:

@@ -70,6 +70,9 @@ def test_registry_file_refuses_them_naming_entry_and_field() -> None:
     connection = {**probe_entry(), "connections": {"c": {"fields": ["token"], "env": {"PATH": "{token}"}}}}
     with pytest.raises(ConfigError, match=r"servers\['acme/y'\]\.connections\.c\.env\.PATH"):
         Registry.from_data({"servers": {"acme/y": connection}})
+    # The operator may run such an entry outside the sandbox; only the registry file can say so.
+    unsandboxed = Registry.from_data({"servers": {"acme/x": {**entry, "sandbox": False}}})
+    assert unsandboxed.get("acme/x").versions["1.0.0"].env == {"LD_PRELOAD": "/tmp/evil.so"}  # type: ignore[union-attr]
     assert len(Registry.from_file(ROOT / "registry.yaml")) >= 5  # the shipped file keeps validating
 
 
