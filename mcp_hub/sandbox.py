@@ -180,7 +180,7 @@ class Sandbox:
         ca_files = [Path(value) for key, value in env.items() if key.endswith(("_CERT_FILE", "_CERT_DIR", "_CA_CERTS",
                                                                               "_CA_BUNDLE")) and os.path.isabs(value)]
         for path in _outermost([*readonly, *runtime_paths([argv[0]]), *(p for p in ca_files if p.exists())]):
-            if not any(path == hide or path.is_relative_to(hide) for hide in self.hidden):
+            if not any(path.is_relative_to(other) for other in [*self.hidden, *mounts._binds]):
                 mounts.bind(path)
         covered = [hide for hide in self.hidden if any(hide.is_relative_to(bound) for bound in mounts._binds)]
         for hide in covered:

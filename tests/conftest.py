@@ -78,8 +78,10 @@ def stop(proc: subprocess.Popen[Any]) -> None:
             proc.wait()
 
 
-def probe_entry(**version: Any) -> dict[str, Any]:
-    return {"description": "probe", "tags": ["test"], "versions": {"1.0.0": {"command": ["{python}", str(PROBE)], **version}}}
+def probe_entry(*, sandbox: bool = True, **version: Any) -> dict[str, Any]:
+    """A registry entry for the probe server; `sandbox=False` where a test needs its host pid or host files."""
+    return {"description": "probe", "tags": ["test"], "versions": {"1.0.0": {"command": ["{python}", str(PROBE)], **version}},
+            **({} if sandbox else {"sandbox": False})}
 
 
 @pytest.fixture

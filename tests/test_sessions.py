@@ -24,6 +24,13 @@ from .conftest import PROBE, ROOT, probe_entry
 SERVER = "test/probe"
 
 
+@pytest.fixture
+def registry() -> Registry:
+    """Unsandboxed: these tests tell children apart by host pid and watch marker files in tmp_path
+    (a sandboxed child sees its own pids and /tmp); tests/test_sandbox.py covers the sandboxed pool."""
+    return Registry.from_data({"servers": {SERVER: probe_entry(sandbox=False)}}, root=ROOT)
+
+
 async def call(hub: Hub, tool: str, args: dict[str, Any] | None = None, server: Any = SERVER, **kw: Any) -> Any:
     servers = hub.open_servers(server, **kw)
     name = next(iter(servers.sessions), None) or next(iter(servers.errors))
@@ -44,7 +51,7 @@ async def test_session_is_reused_across_requests(hub: Hub) -> None:
 
 
 async def test_tenants_and_credentials_never_share_a_session(tmp_path: Path, settings: Settings) -> None:
-    entry = probe_entry()
+    entry = probe_entry(sandbox=False)
     entry["connections"] = {"probe": {"fields": ["token"], "env": {"PROBE_TOKEN": "{token}"}}}
     registry = Registry.from_data({"servers": {SERVER: entry}}, root=ROOT)
     alice = [Credential(connection_name="probe", values={"token": "alice-secret"})]
@@ -72,7 +79,7 @@ async def test_tenants_and_credentials_never_share_a_session(tmp_path: Path, set
 
 @pytest.mark.parametrize("protocol", ["legacy", "2026-07-28"])
 async def test_tool_list_refreshes_on_list_changed(settings: Settings, protocol: str) -> None:
-    registry = Registry.from_data({"servers": {SERVER: probe_entry(protocol=protocol)}}, root=ROOT)
+    registry = Registry.from_data({"servers": {SERVER: probe_entry(sandbox=False, protocol=protocol)}}, root=ROOT)
     async with Hub(settings, registry) as hub:
         await _grow_and_relist(hub, protocol)
 
@@ -137,7 +144,7 @@ async def test_crash_mid_call_is_retried_once_for_an_idempotent_tool(hub: Hub, t
 
 
 async def test_timeout_is_an_error_result_and_the_session_survives(tmp_path: Path) -> None:
-    entry = probe_entry()
+    entry = probe_entry(sandbox=False)
     entry["limits"] = {"call_timeout": 0.3}
     registry = Registry.from_data({"servers": {SERVER: entry}}, root=ROOT)
     async with Hub(Settings.load(data_dir=tmp_path), registry) as hub:
@@ -179,7 +186,7 @@ async def test_idle_sessions_are_reaped_with_their_child(hub: Hub) -> None:
 
 
 async def test_child_cap_evicts_the_idle_and_refuses_when_all_busy(tmp_path: Path) -> None:
-    registry = Registry.from_data({"servers": {"test/a": probe_entry(), "test/b": probe_entry()}}, root=ROOT)
+    registry = Registry.from_data({"servers": {"test/a": probe_entry(sandbox=False), "test/b": probe_entry(sandbox=False)}}, root=ROOT)
     async with Hub(Settings.load(data_dir=tmp_path, max_children=1), registry) as hub:
         a = await pid_of(hub, "test/a")
         b = await pid_of(hub, "test/b")
@@ -204,7 +211,7 @@ async def test_connect_failure_is_a_coded_server_error(tmp_path: Path) -> None:
     registry = Registry.from_data({"servers": {
         "test/missing": {"versions": {"1.0.0": {"command": ["/nonexistent/binary"]}}},
         "test/exits": {"versions": {"1.0.0": {"command": ["{python}", "-c", "import sys; sys.exit(1)"]}}},
-        SERVER: probe_entry(),
+        SERVER: probe_entry(sandbox=False),
     }}, root=ROOT)
     async with Hub(Settings.load(data_dir=tmp_path), registry) as hub:
         servers = hub.open_servers(["test/missing", "test/exits", SERVER])
