@@ -24,18 +24,19 @@ time, concurrent connections per socket and tunnel idleness.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 import re
+import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-import anyio
 import httpx2
-from anyio.abc import ByteStream, SocketStream
 
 from .egress import EgressGuard, Pin, host_of, parse_host
 from .errors import ConnectError, UrlBlocked
@@ -139,21 +140,6 @@ def _response(status: int, text: str) -> bytes:
     return head.encode("ascii") + body
 
 
-async def read_head(stream: ByteStream, limit: int = MAX_HEAD) -> tuple[bytes, bytes]:
-    """The request head (without its blank line) and any bytes after it; raises `Refused` (431/400)."""
-    buffer = bytearray()
-    while (end := buffer.find(b"\r\n\r\n")) < 0:
-        if len(buffer) > limit:
-            raise Refused(431, f"the request head is over {limit} bytes")
-        try:
-            buffer += await stream.receive(CHUNK)
-        except anyio.EndOfStream:
-            raise Refused(400, "the connection ended before the request head") from None
-    if end > limit:
-        raise Refused(431, f"the request head is over {limit} bytes")
-    return bytes(buffer[:end]), bytes(buffer[end + 4:])
-
-
 class EgressProxy:
     """HTTP/HTTPS forward proxy (CONNECT + absolute-URI plain HTTP) served on Unix sockets;
     the only way out of a sandbox that declares `network: egress`.
@@ -169,7 +155,7 @@ class EgressProxy:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
-        self._serving: set[anyio.CancelScope] = set()
+        self._serving: set[_Connections] = set()
         self._closed = False
 
     async def __aenter__(self) -> EgressProxy:
@@ -178,8 +164,8 @@ class EgressProxy:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self._closed = True
-        for scope in list(self._serving):
-            scope.cancel()
+        for live in list(self._serving):
+            live.stop()
 
     @asynccontextmanager
     async def serve(self, path: Path, *, name: str, only_hosts: Sequence[str] | None = None) -> AsyncIterator[None]:
@@ -189,58 +175,72 @@ class EgressProxy:
         `only_hosts`: only these exact names are reachable (package registries), at any address."""
         if self._closed:
             raise RuntimeError("the egress proxy is closed")
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         only = None if only_hosts is None else frozenset(host.lower().rstrip(".") for host in only_hosts)
-        listener = await anyio.create_unix_listener(path, mode=0o600)
+        listener = _listen(path)
         live = _Connections(self.max_connections)
+        live.tasks.add(asyncio.get_running_loop().create_task(self._accept(listener, name, only, live)))
+        self._serving.add(live)
         try:
-            async with anyio.create_task_group() as tg:
-                self._serving.add(tg.cancel_scope)
-
-                async def handle(client: SocketStream) -> None:
-                    await self._handle(client, name, only, live)
-
-                tg.start_soon(listener.serve, handle, tg)
-                try:
-                    yield
-                finally:
-                    tg.cancel_scope.cancel()
+            yield
         finally:
-            self._serving.discard(tg.cancel_scope)
-            await anyio.aclose_forcefully(listener)
+            self._serving.discard(live)
+            live.stop()
+            # Shielded: even a cancelled caller leaves no connection task or socket behind.
+            await asyncio.shield(asyncio.gather(*live.tasks, return_exceptions=True))
+            for sock in live.unstarted:
+                sock.close()
+            listener.close()
             path.unlink(missing_ok=True)
 
-    async def _handle(self, client: SocketStream, name: str, only: frozenset[str] | None,
+    async def _accept(self, listener: socket.socket, name: str, only: frozenset[str] | None,
                       live: _Connections) -> None:
-        upstream: SocketStream | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError:  # out of descriptors, say: the connection waits in the backlog
+                await asyncio.sleep(0.1)
+                continue
+            live.unstarted.add(sock)
+            task = loop.create_task(self._handle(sock, name, only, live))
+            live.tasks.add(task)
+            task.add_done_callback(live.tasks.discard)
+
+    async def _handle(self, sock: socket.socket, name: str, only: frozenset[str] | None, live: _Connections) -> None:
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_HEAD)
+        live.unstarted.discard(sock)
+        upstream: asyncio.StreamWriter | None = None
         try:
             with live.slot() as admitted:
                 if not admitted:
                     raise Refused(503, f"over {self.max_connections} concurrent connections")
                 try:
-                    with anyio.fail_after(self.header_timeout):
-                        head, rest = await read_head(client)
+                    async with asyncio.timeout(self.header_timeout):
+                        head = (await reader.readuntil(b"\r\n\r\n"))[:-4]
                 except TimeoutError:
                     raise Refused(408, "the request head took too long") from None
+                except asyncio.LimitOverrunError:
+                    raise Refused(431, f"the request head is over {MAX_HEAD} bytes") from None
+                except asyncio.IncompleteReadError:
+                    return  # the client left before finishing its request
                 request = parse_request(head)
-                upstream = await self._connect(request, name, only)
-                if request.tunnel:
-                    await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                if request.head or rest:
-                    await upstream.send(request.head + rest)
-                await self._splice(client, upstream)
+                upstream_reader, upstream = await self._connect(request, name, only)
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n" if request.tunnel else b"")
+                upstream.write(request.head)  # what follows the head in `reader` is passed on as it is
+                await self._splice(reader, writer, upstream_reader, upstream)
         except Refused as refusal:
-            await _answer(client, refusal.status, refusal.text)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
+            await _answer(reader, writer, refusal.status, refusal.text)
+        except OSError:
             pass  # either side went away
         except Exception:  # boundary: one connection's failure never stops the socket
             log.exception("egress proxy for server %r: unexpected error", name)
         finally:
             if upstream is not None:
-                await anyio.aclose_forcefully(upstream)
-            await anyio.aclose_forcefully(client)
+                upstream.close()
+            writer.close()
 
-    async def _connect(self, request: ProxyRequest, name: str, only: frozenset[str] | None) -> SocketStream:
+    async def _connect(self, request: ProxyRequest, name: str,
+                       only: frozenset[str] | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Check the destination and dial a checked address; raises `Refused`."""
         url, host = request.url, host_of(request.url)
         shown = f"[{host}]:{request.port}" if ":" in host else f"{host}:{request.port}"
@@ -256,15 +256,18 @@ class EgressProxy:
             raise Refused(403, exc.message) from None
         except ConnectError as exc:
             raise Refused(502, exc.message) from None
-        error: Exception | None = None
-        with anyio.move_on_after(self.connect_timeout):
-            for address in pin.addresses:
-                try:
-                    return await anyio.connect_tcp(address, request.port)
-                except OSError as exc:
-                    error = exc
-            raise Refused(502, f"server {name!r}: cannot connect to {shown}: {getattr(error, 'strerror', None) or error}")
-        raise Refused(504, f"server {name!r}: connecting to {shown} timed out")
+        error: OSError | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                for address in pin.addresses:
+                    try:
+                        return await asyncio.open_connection(address, request.port, limit=CHUNK)
+                    except OSError as exc:
+                        error = exc
+        except TimeoutError:
+            raise Refused(504, f"server {name!r}: connecting to {shown} timed out") from None
+        reason = error.strerror if error is not None and error.strerror else error
+        raise Refused(502, f"server {name!r}: cannot connect to {shown}: {reason}")
 
     async def _pin_only(self, name: str, url: httpx2.URL, port: int, only: frozenset[str]) -> Pin:
         host = host_of(url)
@@ -274,43 +277,66 @@ class EgressProxy:
         if not isinstance(parsed, str):
             return Pin(host, (str(parsed),), allowlisted=True)
         try:
-            addresses = await self.guard.resolver(host, port)
+            addresses = await self.guard.resolver(parsed, port)  # the listed spelling: no trailing dot
         except OSError as exc:
             raise ConnectError(f"server {name!r}: cannot resolve {host}: {exc.strerror or exc}", server=name) from None
         if not addresses:
             raise ConnectError(f"server {name!r}: {host} has no address", server=name)
         return Pin(host, tuple(addresses), allowlisted=True)
 
-    async def _splice(self, client: SocketStream, upstream: SocketStream) -> None:
+    async def _splice(self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter,
+                      upstream_reader: asyncio.StreamReader, upstream: asyncio.StreamWriter) -> None:
         """Copy bytes both ways until both sides end (each end's EOF passed on as a half-close),
         either side breaks, or nothing moves for `idle_timeout` seconds."""
-        with anyio.CancelScope() as scope:
-            scope.deadline = anyio.current_time() + self.idle_timeout
+        loop = asyncio.get_running_loop()
 
-            async def pump(source: SocketStream, sink: SocketStream) -> None:
-                try:
-                    while True:
-                        try:
-                            chunk = await source.receive(CHUNK)
-                        except anyio.EndOfStream:
-                            break
-                        scope.deadline = anyio.current_time() + self.idle_timeout
-                        await sink.send(chunk)
-                    await sink.send_eof()
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    scope.cancel()  # one side broke: the tunnel is over
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while chunk := await reader.read(CHUNK):
+                    timer.reschedule(loop.time() + self.idle_timeout)
+                    writer.write(chunk)
+                    await writer.drain()
+                if writer.can_write_eof():
+                    writer.write_eof()
+            except OSError:  # one side broke: the tunnel is over
+                client.transport.abort()
+                upstream.transport.abort()
 
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(pump, client, upstream)
-                tg.start_soon(pump, upstream, client)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.idle_timeout) as timer:
+                await asyncio.gather(pump(client_reader, upstream), pump(upstream_reader, client))
 
 
-@dataclass
+def _listen(path: Path) -> socket.socket:
+    """A listening Unix socket at `path`, 0600, replacing a stale socket (never another file)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.is_socket():
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o600)  # before listening: until now nobody could connect
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass(eq=False)  # held in a set by identity
 class _Connections:
-    """How many connections one socket is serving, against its cap."""
+    """One socket's tasks (its accept loop and a task per connection), sockets not yet handed to
+    a task, and the cap on connections."""
 
     cap: int
     count: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    unstarted: set[socket.socket] = field(default_factory=set)
+
+    def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
 
     @contextmanager
     def slot(self) -> Iterator[bool]:
@@ -322,7 +348,15 @@ class _Connections:
             self.count -= 1
 
 
-async def _answer(client: SocketStream, status: int, text: str) -> None:
-    """Send a short text answer, if the client still listens."""
-    with anyio.move_on_after(5), contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        await client.send(_response(status, text))
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int, text: str) -> None:
+    """Send a short text answer, if the client still listens, and linger a moment: closing with
+    unread input would reset the connection, and the client might never see the answer."""
+    writer.write(_response(status, text))
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout(5):
+            await writer.drain()
+        writer.write_eof()
+        async with asyncio.timeout(1):
+            unread = 0
+            while unread < MAX_HEAD and (chunk := await reader.read(CHUNK)):
+                unread += len(chunk)

@@ -101,7 +101,7 @@ class Bridge:
                 if direction.source is sock and events & selectors.EVENT_READ:
                     data = sock.recv(CHUNK)
                     if data:
-                        direction.buffer = data
+                        direction.buffer += data
                     else:
                         direction.ended = True
                 if direction.sink is sock and events & selectors.EVENT_WRITE and direction.buffer:
