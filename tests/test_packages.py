@@ -190,6 +190,29 @@ async def test_package_arguments_reach_the_server_as_data(market: tuple[httpx2.A
     assert not (hub.packages.folder(_package()) / "node_modules" / "argv-echo" / "planted.js").exists()
 
 
+async def test_arguments_with_control_characters_are_refused_by_the_api(market: tuple[httpx2.AsyncClient, Hub]) -> None:
+    http, hub = market
+    publisher = {"authorization": f"Bearer {(await hub.keys.create('acme', 'p', 'publisher'))[0]}"}
+    refused = await http.post("/v1/servers", headers=publisher, json={"slug": "acme/echo", "version": {
+        "version": "1.0.0", "package": {"registry": "npm", "identifier": "argv-echo", "version": "1.0.0",
+                                        "arguments": ["ok", "two\nlines"]}}})
+    assert refused.status_code == 400 and "control characters" in refused.json()["error"]["message"], refused.text
+    traversal = await http.post("/v1/servers", headers=publisher, json={"slug": "acme/echo", "version": {
+        "version": "1.0.0", "package": {"registry": "npm", "identifier": "../../../etc", "version": "1.0.0"}}})
+    assert traversal.status_code == 400 and not hub.packages.root.exists(), traversal.text
+
+
+async def test_a_pypi_package_installs_into_a_venv_and_runs_its_console_script(hub_settings: Settings) -> None:
+    registry = Registry.from_data({"servers": {}}, root=ROOT)
+    isort = Package(registry="pypi", identifier="isort", version="5.13.2", arguments=("--version",))
+    async with Hub(hub_settings, registry) as hub:  # sandboxed: the configured indexes only, through the proxy
+        argv = await hub.packages.install(isort, server="acme/isort")
+    folder = hub.packages.folder(isort)
+    assert argv == [str(folder / "venv" / "bin" / "python"), str(folder / "venv" / "bin" / "isort"), "--version"]
+    ran = await anyio.run_process(argv, check=False)
+    assert ran.returncode == 0 and b"5.13.2" in ran.stdout
+
+
 async def test_a_package_that_cannot_be_installed_is_a_server_error(hub_settings: Settings) -> None:
     registry = Registry.from_data({"servers": {"acme/missing": {"versions": {"1.0.0": {"package": {
         "registry": "npm", "identifier": "@modelcontextprotocol/server-everything", "version": "0.0.1-nope"}}}}}},
