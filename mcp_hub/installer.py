@@ -1,6 +1,6 @@
 """Installing published npm and PyPI packages once, and the command line that runs each.
 
-`PackageStore` (one per hub, entered with it) installs a package version into
+`PackageStore` (one per hub, owned by it) installs a package version into
 `<data_dir>/packages/<registry>/<name>@<version>/` the first time a session needs it and
 answers the argv that runs its entry point directly:
 
@@ -16,8 +16,9 @@ entry point is the server's own argv. The install itself runs
 sandboxed when the hub has a sandbox (its network only the package registries this host is
 configured for, `sources.py`; local sources bound read-only), the folder writable during the
 install and bound read-only when the server runs (`hosting.py`).
-Concurrent sessions wait for one install (a lock per package); a folder left without its
-completion marker (a crash mid-install) is wiped and installed again.
+Concurrent sessions wait for one install (a lock per package); a failure is remembered for
+`RETRY_SECONDS`, so a broken package is not reinstalled for every request naming it; a folder
+left without its completion marker (a crash mid-install) is wiped and installed again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -45,6 +47,7 @@ from .sandbox_bridge import PROXY_PORT
 from .sources import Sources, discover_sources
 
 MARKER = ".mcp-hub-installed.json"
+RETRY_SECONDS = 30.0
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"  # the egress proxy, as the sandbox bridge serves it inside
 # An install is bigger than a server's run (dependency trees, a venv), and brief.
 INSTALL_LIMITS = SandboxLimits(memory_mb=4096, cpu_seconds=900, processes=512, open_files=4096, file_size_mb=1024,
@@ -64,6 +67,7 @@ class PackageStore:
         self._sources = sources
         self._locks: dict[str, anyio.Lock] = {}
         self._entries: dict[str, list[str]] = {}  # folder -> the entry point's argv (no arguments)
+        self._failures: dict[str, tuple[float, PackageInstallFailed]] = {}  # folder -> (when, why)
         self._sandbox: Sandbox | None = None
         self._egress_proxy: EgressProxy | None = None
         self._base_env: dict[str, str] = {}
@@ -97,7 +101,15 @@ class PackageStore:
             self.root.mkdir(parents=True, exist_ok=True)
             async with self._locks.setdefault(key, anyio.Lock()):
                 if key not in self._entries:
-                    self._entries[key] = self._installed(package, folder) or await self._timed(package, folder, server)
+                    failed = self._failures.get(key)
+                    if failed is not None and time.monotonic() - failed[0] < RETRY_SECONDS:
+                        raise PackageInstallFailed(failed[1].message, server=server)
+                    try:
+                        self._entries[key] = self._installed(package, folder) or await self._timed(package, folder,
+                                                                                                   server)
+                    except PackageInstallFailed as exc:
+                        self._failures[key] = (time.monotonic(), exc)
+                        raise
         return self.command(package)
 
     async def _timed(self, package: Package, folder: Path, server: str) -> list[str]:

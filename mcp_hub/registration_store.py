@@ -159,7 +159,7 @@ def _forward(slug: str, key: str, spec: dict[str, Any]) -> dict[str, Any] | None
 
 def _runner_package_command(command: list[Any]) -> bool:
     """Whether `command` is what earlier hubs stored for a package (not an admin's own npx/uvx command line)."""
-    if len(command) >= 3 and command[:2] == ["npx", "-y"]:
-        return isinstance(command[2], str) and not command[2].startswith("-")
+    if len(command) >= 3 and command[:2] == ["npx", "-y"]:  # name@version, as `Package.command()` wrote it
+        return isinstance(command[2], str) and not command[2].startswith("-") and "@" in command[2][1:]
     return len(command) >= 2 and command[0] == "uvx" and isinstance(command[1], str) and "==" in command[1] \
         and not command[1].startswith("-")

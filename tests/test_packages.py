@@ -149,6 +149,24 @@ async def test_a_package_that_does_not_exist_fails_with_npms_own_words(tmp_path:
     assert not store.folder(missing).exists()  # nothing half-installed is left to be mistaken for an install
 
 
+class BrokenStore(PackageStore):
+    """A store whose installs always fail, counting them."""
+
+    attempts = 0
+
+    async def _install(self, package: Package, folder: Path, server: str) -> list[str]:
+        self.attempts += 1
+        raise PackageInstallFailed("installing argv-echo@1.0.0 failed: npm error 404", server=server)
+
+
+async def test_a_failed_install_is_not_retried_for_every_request(tmp_path: Path) -> None:
+    store = BrokenStore(tmp_path / "packages")
+    for _ in range(3):
+        with pytest.raises(PackageInstallFailed, match="npm error 404"):
+            await store.install(_package(), server="acme/echo")
+    assert store.attempts == 1
+
+
 def test_installer_output_is_scrubbed(tmp_path: Path) -> None:
     log = tmp_path / "stderr.log"
     log.write_bytes(b"npm error fetch https://user:s3cret@registry.example/x failed\n\x1b[31m_authToken=abc123\x1b[0m\x00\n")
@@ -229,10 +247,12 @@ async def test_stored_runner_commands_are_read_as_packages_and_bad_env_is_not_lo
         pass  # creates the tables
     now = 1.0
     with sqlite3.connect(hub_settings.records_path) as db:
-        for slug in ("acme/old", "acme/evil"):
+        for slug in ("acme/old", "acme/evil", "acme/raw"):
             db.execute("INSERT INTO registrations VALUES (?, 'acme', '', '[]', '{}', '{}', 0, ?, 'k', ?)", (slug, now, now))
         db.execute("INSERT INTO registration_versions VALUES ('acme/old', '1.0.0', ?, 0, ?, 'k')", (json.dumps(
             {"command": ["npx", "-y", "argv-echo@1.0.0", "--call", "sh -c id"], "env": {"LOG_LEVEL": "info"}}), now))
+        db.execute("INSERT INTO registration_versions VALUES ('acme/raw', '1.0.0', ?, 0, ?, 'k')", (json.dumps(
+            {"command": ["npx", "-y", "some-tool", "--flag"]}), now))
         db.execute("INSERT INTO registration_versions VALUES ('acme/evil', '1.0.0', ?, 0, ?, 'k')", (json.dumps(
             {"command": ["npx", "-y", "argv-echo@1.0.0"], "env": {"NODE_OPTIONS": "--import=data:,"}}), now))
     async with Hub(hub_settings, Registry.from_data({"servers": {}}, root=ROOT)) as hub:
@@ -240,3 +260,5 @@ async def test_stored_runner_commands_are_read_as_packages_and_bad_env_is_not_lo
         assert old is not None and old.versions["1.0.0"].command is None
         assert old.versions["1.0.0"].package == _package(arguments=["--call", "sh -c id"])
         assert hub.registry.get("acme/evil") is None
+        raw = hub.registry.get("acme/raw")  # an admin's own npx command line (no pinned version) stays one
+        assert raw is not None and raw.versions["1.0.0"].command == ("npx", "-y", "some-tool", "--flag")
