@@ -142,9 +142,13 @@ class Sandbox:
         self.privileged = os.geteuid() == 0  # a root hub: bwrap's privileged mode, setpriv drops to uid
         self._system = system
         self._etc = etc
+        self._tools: dict[str, str] | None = None
+        self._runtime: dict[str, list[Path]] = {}  # by executable: the same at every start
 
     def tools(self) -> dict[str, str]:
         """The executables the profile needs, resolved; raises `SandboxUnavailable` naming what is missing."""
+        if self._tools is not None:
+            return self._tools
         names = {"bwrap": self.bwrap, "prlimit": "prlimit"}
         if self.privileged:
             names |= {"setpriv": "setpriv", "unshare": "unshare"}
@@ -155,7 +159,8 @@ class Sandbox:
                 f"hosted servers run in a bubblewrap sandbox, and {', '.join(missing) or 'Linux'} is not available",
                 server="", recommendation="Install bubblewrap (`apt-get install bubblewrap`; util-linux provides "
                 "prlimit, setpriv and unshare), or set sandbox_bwrap to its path.")
-        return {name: path for name, path in found.items() if path is not None}
+        self._tools = {name: path for name, path in found.items() if path is not None}
+        return self._tools
 
     def command(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None,
                 writable: Sequence[Path] = (), readonly: Sequence[Path] = (),
@@ -179,7 +184,10 @@ class Sandbox:
                 mounts.bind(path)
         ca_files = [Path(value) for key, value in env.items() if key.endswith(("_CERT_FILE", "_CERT_DIR", "_CA_CERTS",
                                                                               "_CA_BUNDLE")) and os.path.isabs(value)]
-        for path in _outermost([*readonly, *runtime_paths([argv[0]]), *(p for p in ca_files if p.exists())]):
+        runtime = self._runtime.get(argv[0])
+        if runtime is None:
+            runtime = self._runtime[argv[0]] = runtime_paths([argv[0]])
+        for path in _outermost([*readonly, *runtime, *(p for p in ca_files if p.exists())]):
             if not any(path.is_relative_to(other) for other in [*self.hidden, *mounts._binds]):
                 mounts.bind(path)
         covered = [hide for hide in self.hidden if any(hide.is_relative_to(bound) for bound in mounts._binds)]
@@ -205,7 +213,7 @@ class Sandbox:
             inner = [str(Path(sys.executable).resolve()), "-I", "-S", str(run / LAUNCHER.name),
                      str(run / BRIDGE.name), str(run / "egress.sock"), "--", *argv]
         inner = [tools["prlimit"], *limits.rlimits(), "--", *inner]
-        options = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+        options = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                    "--die-with-parent", "--new-session", "--hostname", "sandbox"]
         if self.privileged:
             uid = str(self.uid)

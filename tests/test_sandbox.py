@@ -164,7 +164,7 @@ def origin() -> Iterator[int]:
 
 
 async def test_egress_goes_through_the_hubs_proxy_only(tmp_path: Path, registry: Registry, origin: int) -> None:
-    settings = Settings.load(data_dir=tmp_path / "data", connect_timeout=20, egress_allow=[f"127.0.0.1/32"])
+    settings = Settings.load(data_dir=tmp_path / "data", connect_timeout=20, egress_allow=["127.0.0.1/32"])
     async with asgi_client(settings, registry) as (client, hub):
         assert await attack(hub, "fetch", server="test/online", url=f"http://127.0.0.1:{origin}/") == \
             "ok 200 hello from the origin"
@@ -189,3 +189,54 @@ async def test_missing_bubblewrap_is_a_coded_error(tmp_path: Path, registry: Reg
         assert getattr(raised.value, "code", None) == "sandbox_unavailable"
         assert "apt-get install bubblewrap" in raised.value.recommendation  # type: ignore[attr-defined]
         assert not errors or all(e.code == "sandbox_unavailable" for e in errors.values())
+
+
+def test_the_readmes_sandbox_example_validates() -> None:
+    import yaml
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = text.split("**Sandbox.**", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    registry = Registry.from_data(yaml.safe_load(example))
+    fetcher, legacy = registry.get("acme/fetcher"), registry.get("acme/legacy-tool")
+    assert fetcher is not None and legacy is not None
+    assert fetcher.versions["1.0.0"].network == "egress" and fetcher.limits.memory_mb == 512 and not legacy.sandbox
+
+
+def test_published_limits_only_lower_the_defaults() -> None:
+    from mcp_hub.sandbox import SandboxLimits
+
+    defaults = SandboxLimits(memory_mb=1024, processes=128)
+    assert defaults.within({"memory_mb": 4096, "processes": 16}, may_raise=False) == \
+        SandboxLimits(memory_mb=1024, processes=16)
+    assert defaults.within({"memory_mb": 4096, "processes": None}, may_raise=True).memory_mb == 4096
+
+
+def test_a_publisher_cannot_opt_out_and_its_entries_are_marked_published() -> None:
+    from pydantic import ValidationError
+
+    from mcp_hub.registrations import RegistrationBody, _entry
+
+    version = {"version": "1.0.0", "command": ["x"], "network": "egress"}
+    with pytest.raises(ValidationError):
+        RegistrationBody.model_validate({"slug": "a/b", "sandbox": False, "version": version})
+    body = RegistrationBody.model_validate({"slug": "a/b", "limits": {"memory_mb": 99999}, "version": version})
+    entry = _entry(body.slug, "", [], {}, body.limits, {"1.0.0": body.version.spec()})
+    assert entry.sandbox and entry.published and entry.versions["1.0.0"].network == "egress"
+
+
+async def test_reaping_and_tenants(running: tuple[httpx2.AsyncClient, Hub]) -> None:
+    import psutil
+
+    _, hub = running
+    first = await attack(hub, "env", name="MCP_HUB_DATA_DIR")
+    servers = hub.open_servers(SERVER, tenant="acme")
+    batch = await hub.execute([ToolCall(SERVER, "env", {"name": "MCP_HUB_DATA_DIR"})], servers)
+    assert batch.results[0].result["result"] != first  # two tenants never share a writable folder
+    sandboxed = [p for p in psutil.Process().children(recursive=True) if "hostile_server.py" in " ".join(p.cmdline())]
+    assert sandboxed
+    for session in hub.pool.reap(0):
+        await session.finished.wait()
+    deadline = anyio.current_time() + 15
+    while alive := [p for p in sandboxed if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]:
+        assert anyio.current_time() < deadline, alive  # bwrap and the server alike
+        await anyio.sleep(0.05)

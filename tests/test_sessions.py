@@ -186,7 +186,8 @@ async def test_idle_sessions_are_reaped_with_their_child(hub: Hub) -> None:
 
 
 async def test_child_cap_evicts_the_idle_and_refuses_when_all_busy(tmp_path: Path) -> None:
-    registry = Registry.from_data({"servers": {"test/a": probe_entry(sandbox=False), "test/b": probe_entry(sandbox=False)}}, root=ROOT)
+    entry = probe_entry(sandbox=False)
+    registry = Registry.from_data({"servers": {"test/a": entry, "test/b": entry}}, root=ROOT)
     async with Hub(Settings.load(data_dir=tmp_path, max_children=1), registry) as hub:
         a = await pid_of(hub, "test/a")
         b = await pid_of(hub, "test/b")
