@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+import anyio
 import httpx2
 
 from .egress import EgressGuard, Pin, host_of, parse_host
@@ -175,6 +176,8 @@ class EgressProxy:
         `only_hosts`: only these exact names are reachable (package registries), at any address."""
         if self._closed:
             raise RuntimeError("the egress proxy is closed")
+        if isinstance(only_hosts, str):  # would otherwise become a set of letters
+            raise TypeError("only_hosts is a sequence of host names, not one string")
         only = None if only_hosts is None else frozenset(host.lower().rstrip(".") for host in only_hosts)
         listener = _listen(path)
         live = _Connections(self.max_connections)
@@ -183,14 +186,17 @@ class EgressProxy:
         try:
             yield
         finally:
+            # Everything that needs no waiting first: a cancelled owner's awaits raise at once.
             self._serving.discard(live)
             live.stop()
-            # Shielded: even a cancelled caller leaves no connection task or socket behind.
-            await asyncio.shield(asyncio.gather(*live.tasks, return_exceptions=True))
-            for sock in live.unstarted:
-                sock.close()
             listener.close()
             path.unlink(missing_ok=True)
+            try:
+                with anyio.move_on_after(5, shield=True):  # cancelled tasks close their connections at once
+                    await asyncio.gather(*live.tasks, return_exceptions=True)
+            finally:
+                for sock in live.unstarted:
+                    sock.close()
 
     async def _accept(self, listener: socket.socket, name: str, only: frozenset[str] | None,
                       live: _Connections) -> None:

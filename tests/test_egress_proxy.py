@@ -257,6 +257,9 @@ async def test_only_hosts_refuses_every_other_name(sockdir: Path) -> None:
             assert b"is not one of the package registries" in answer
     assert server.connections == 0
     assert resolver.asked == []  # refused by name, before any DNS
+    with pytest.raises(TypeError, match="sequence of host names"):
+        async with EgressProxy(EgressGuard()).serve(sockdir / "x.sock", name="probe", only_hosts="localhost"):
+            pass
 
 
 async def test_only_hosts_reaches_a_listed_name_at_a_private_address(sockdir: Path) -> None:
@@ -348,12 +351,20 @@ async def test_the_bridge_splices_tcp_to_the_proxy_for_a_real_http_client(sockdi
             async with httpx2.AsyncClient(proxy=f"http://127.0.0.1:{bridge_port}") as client:
                 response = await client.get(f"http://127.0.0.1:{server.port}/via/bridge?x=1")
                 blocked = await client.get("http://10.0.0.1/")
-            echoed = await anyio.to_thread.run_sync(_raw_echo, bridge_port, server.port)
+            echoed: list[bytes] = []
+
+            async def echo() -> None:
+                echoed.append(await anyio.to_thread.run_sync(_raw_echo, bridge_port, server.port))
+
+            async with anyio.create_task_group() as tg:  # several at once through the one bridge thread
+                for _ in range(8):
+                    tg.start_soon(echo)
         finally:
             stop(bridge)
     assert response.status_code == 200 and "GET /via/bridge?x=1 HTTP/1.1" in response.text
     assert blocked.status_code == 403 and "10.0.0.1 is a private address" in blocked.text
-    assert echoed.endswith(b"PAYLOAD" * 20000)  # 140 kB each way, with a half-close
+    assert len(echoed) == 8
+    assert all(each.endswith(b"\r\n\r\n" + b"PAYLOAD" * 20000) for each in echoed)  # 140 kB each way, half-closed
 
 
 def _raw_echo(bridge_port: int, origin_port: int) -> bytes:
@@ -430,4 +441,45 @@ async def test_the_hub_opens_the_proxy_with_its_guard_and_closes_it(settings: Se
         with pytest.raises(RuntimeError, match="closed"):
             async with proxy.serve(path, name="probe"):
                 pass
+    assert not path.exists()
+
+
+async def test_a_stale_socket_is_replaced_but_never_another_file(sockdir: Path) -> None:
+    stale = sockdir / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as leftover:
+        leftover.bind(str(stale))  # a socket left by a hub that was killed
+    proxy = EgressProxy(EgressGuard())
+    async with proxy.serve(stale, name="probe"):
+        assert (await exchange(stale, b"CONNECT 10.0.0.1:80 HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 403")
+    precious = sockdir / "precious"
+    precious.write_text("keep me")
+    with pytest.raises(OSError):
+        async with proxy.serve(precious, name="probe"):
+            pass
+    assert precious.read_text() == "keep me"
+
+
+async def test_a_cancelled_owner_still_closes_its_socket_and_tunnels(sockdir: Path) -> None:
+    path = sockdir / "run" / "egress.sock"
+    proxy = EgressProxy(EgressGuard(["127.0.0.1"]))
+    listening, stopped = anyio.Event(), anyio.Event()
+    scope = anyio.CancelScope()
+
+    async def owner() -> None:  # a session's owner task, cancelled when the session stops
+        with scope:
+            async with proxy.serve(path, name="probe"):
+                listening.set()
+                await anyio.sleep_forever()
+        stopped.set()
+
+    async with origin() as server, anyio.create_task_group() as tg:
+        tg.start_soon(owner)
+        await listening.wait()
+        async with opened(path) as (reader, writer):
+            writer.write(connect(f"127.0.0.1:{server.port}", b"ECHO\n"))
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            scope.cancel()
+            with anyio.fail_after(10):
+                assert await reader.read() == b""
+                await stopped.wait()
     assert not path.exists()
