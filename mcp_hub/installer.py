@@ -16,7 +16,8 @@ entry point is the server's own argv. The install itself runs
 sandboxed when the hub has a sandbox (its network only the package registries this host is
 configured for, `sources.py`; local sources bound read-only), the folder writable during the
 install and bound read-only when the server runs (`hosting.py`).
-Concurrent sessions wait for one install (a lock per package); a failure is remembered for
+Concurrent sessions wait for one install (a lock per package, and a file lock between hubs
+sharing the data folder); a failure is remembered for
 `RETRY_SECONDS`, so a broken package is not reinstalled for every request naming it; a folder
 left without its completion marker (a crash mid-install) is wiped and installed again.
 """
@@ -24,6 +25,7 @@ left without its completion marker (a crash mid-install) is wiped and installed 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -105,12 +107,34 @@ class PackageStore:
                     if failed is not None and time.monotonic() - failed[0] < RETRY_SECONDS:
                         raise PackageInstallFailed(failed[1].message, server=server)
                     try:
-                        self._entries[key] = self._installed(package, folder) or await self._timed(package, folder,
-                                                                                                   server)
+                        async with self._shared_lock(folder, server):
+                            self._entries[key] = self._installed(package, folder) or await self._timed(package,
+                                                                                                       folder, server)
                     except PackageInstallFailed as exc:
                         self._failures[key] = (time.monotonic(), exc)
                         raise
         return self.command(package)
+
+    @asynccontextmanager
+    async def _shared_lock(self, folder: Path, server: str) -> AsyncIterator[None]:
+        """Hubs sharing one data folder (README, several hubs) install a package once between them too:
+        an advisory lock on a file beside the package's folder, polled so that waiting stays cancellable."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.parent / f".{folder.name}.lock", "a+b") as handle:
+            with anyio.move_on_after(self.timeout) as waited:
+                while True:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        await anyio.sleep(0.1)
+            if waited.cancelled_caught:
+                raise PackageInstallFailed(f"another hub has been installing {folder.name} for over "
+                                           f"{self.timeout:g}s", server=server)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     async def _timed(self, package: Package, folder: Path, server: str) -> list[str]:
         """Install within the time budget; whatever fails leaves no folder behind."""

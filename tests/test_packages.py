@@ -125,6 +125,29 @@ async def test_concurrent_sessions_install_a_package_once(tmp_path: Path) -> Non
     assert await again.install(_package(), server="acme/echo") == answers[0][:2] and again.installs == 0
 
 
+async def test_hubs_sharing_a_data_folder_install_a_package_once(tmp_path: Path) -> None:
+    first, second = CountingStore(tmp_path / "packages"), CountingStore(tmp_path / "packages")
+    seed_argv_echo(first)
+    answers: list[list[str]] = []
+
+    async def install(store: CountingStore) -> None:
+        answers.append(await store.install(_package(), server="acme/echo"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(install, first)
+        with anyio.fail_after(5):
+            while first.installs == 0:
+                await anyio.sleep(0.01)
+        tg.start_soon(install, second)  # waits on the first one's file lock, then finds its install
+        key = str(second.folder(_package()))
+        with anyio.fail_after(5):  # once its own lock is taken, it is suspended in the file lock (or its own install)
+            while key not in second._locks or not second._locks[key].locked():
+                await anyio.sleep(0.01)
+        first.release.set()
+        second.release.set()
+    assert (first.installs, second.installs) == (1, 0) and answers[0] == answers[1]
+
+
 @pytest.mark.parametrize(("bins", "error"), [
     ({"one": "index.js", "two": "index.js"}, "several bins"),
     ({"argv-echo": "../../../../../../../etc/passwd"}, "outside its folder"),
