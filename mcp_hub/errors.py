@@ -9,6 +9,8 @@
     │   ├── Forbidden (403)        forbidden: the caller's key lacks the role
     │   ├── Conflict (409)         conflict: it exists already (a slug, an immutable version)
     │   ├── Unprocessable (422)    well-formed, but cannot be done (a server to register is unreachable)
+    │   │   └── EnvNotAllowed (422) env_not_allowed: a version or connection sets an environment
+    │   │                          variable that changes how a runtime or loader behaves
     │   ├── TooLarge (413)         the request body is over the limit
     │   ├── IdempotencyConflict (422) an Idempotency-Key reused for another body
     │   └── RateLimited (429)      rate_limited: the caller's key is over its
@@ -32,6 +34,8 @@
         │   └── CredentialsInvalid credentials_invalid: an encrypted credential
         │                          that cannot be decrypted or parsed
         ├── ConnectError           connect_failed (spawn, handshake, network)
+        ├── PackageInstallFailed   package_install_failed: npm/pip could not install
+        │                          a hosted version's package (its last stderr lines)
         ├── SandboxUnavailable     sandbox_unavailable: bubblewrap (or util-linux) is missing,
         │                          so a sandboxed hosted server is not started
         ├── AuthRequired (401)     auth_required: an OAuth server needs a user
@@ -118,6 +122,16 @@ class Unprocessable(RequestError):
 
     status = 422
     code = "unprocessable"
+
+
+class EnvNotAllowed(Unprocessable):
+    """A version or connection template sets an environment variable `envpolicy` refuses (HTTP 422).
+
+    `param` names the field (`version.env.NODE_OPTIONS`); the message names the variable,
+    never its value.
+    """
+
+    code = "env_not_allowed"
 
 
 class TooLarge(RequestError):
@@ -290,6 +304,14 @@ class ConnectError(ServerError):
 
     code = "connect_failed"
     recommendation = "The server could not be started or reached; retry later or check the hub's server logs."
+
+
+class PackageInstallFailed(ServerError):
+    """Installing a hosted version's npm or PyPI package failed (the installer's last stderr lines, scrubbed)."""
+
+    code = "package_install_failed"
+    recommendation = ("The package version could not be installed from the registries this hub is configured for; "
+                      "check that it exists, or retry later.")
 
 
 class SandboxUnavailable(ServerError):

@@ -29,6 +29,7 @@ from mcp import StdioServerParameters
 from .credentials import Binding
 from .egress_proxy import EgressProxy
 from .errors import ConnectError, SandboxUnavailable
+from .installer import PackageStore
 from .resolution import Target
 from .sandbox import HOME, MIB, Sandbox, SandboxLimits, folder_size
 
@@ -43,7 +44,8 @@ class Hosting:
 
     def __init__(self, *, data_dir: Path, registry_root: Path, sandbox: Sandbox | None = None,
                  limits: SandboxLimits | None = None, base_env: Mapping[str, str] | None = None,
-                 egress_proxy: EgressProxy | None = None, setpriv: str | None = None) -> None:
+                 egress_proxy: EgressProxy | None = None, setpriv: str | None = None,
+                 packages: PackageStore | None = None) -> None:
         self.data_dir = data_dir
         self.registry_root = registry_root
         self.sandbox = sandbox
@@ -51,6 +53,7 @@ class Hosting:
         self.base_env = dict(base_env or {})
         self.egress_proxy = egress_proxy
         self._setpriv = setpriv
+        self.packages = packages or PackageStore(data_dir / "packages")
         self._run_dir: Path | None = None
 
     def sandboxed(self, target: Target) -> bool:
@@ -78,9 +81,14 @@ class Hosting:
         """The parameters to spawn `target` with; what the launch needs (egress socket, quota watch)
         lives on `stack`. Raises SandboxUnavailable, ConnectError (over quota), FileNotFoundError."""
         version = target.version
-        assert version.command is not None
         folder = self.session_dir(target, tenant, binding)
-        command = [self.expand(part, folder) for part in version.command]
+        readonly = [self.registry_root]
+        if version.package is not None:  # its installed entry point; the arguments are the server's argv, as given
+            command = self.packages.command(version.package)
+            readonly.append(self.packages.folder(version.package))  # read-only at run time
+        else:
+            assert version.command is not None
+            command = [self.expand(part, folder) for part in version.command]
         executable = shutil.which(command[0], path=(version.env.get("PATH") or None))
         if executable is None:
             raise FileNotFoundError(2, "command not found", command[0])
@@ -111,7 +119,7 @@ class Hosting:
                                                  "npm_config_proxy", "npm_config_https_proxy")}
             env |= {"NO_PROXY": "", "no_proxy": ""}
         try:
-            argv = self.sandbox.command(command, env=env, cwd=cwd, writable=[folder], readonly=[self.registry_root],
+            argv = self.sandbox.command(command, env=env, cwd=cwd, writable=[folder], readonly=readonly,
                                         egress_socket=socket, limits=limits)
         except SandboxUnavailable as exc:
             raise SandboxUnavailable(f"server {target.name!r}: {exc.message}", server=target.name) from None

@@ -39,6 +39,7 @@ from .executor import Batch, CallContext, Executor, ToolCall, ToolResult
 from .gateway import Gateway
 from .handoff import HandoffStore
 from .idempotency import IdempotencyStore
+from .installer import PackageStore
 from .keyring import Keyring
 from .metrics import HubMetrics
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
@@ -127,6 +128,8 @@ class Hub:
         self.metrics = HubMetrics()
         self._tool_hashes = ToolHashes()
         self.catalogs = CatalogCache()  # requests naming the same servers share their tool catalog
+        # Published npm/PyPI packages, installed once each into the data folder (see `installer.py`).
+        self.packages = PackageStore(settings.data_dir.resolve() / "packages", timeout=settings.package_install_timeout)
         self.metrics.gauges(lambda: self.status() if self._pool is not None else {})
 
     @property
@@ -244,11 +247,13 @@ class Hub:
             stack.push_async_callback(self._egress_http.aclose)
             # Sandboxed children's only way out; closes whatever sockets are still served on exit.
             egress_proxy = await stack.enter_async_context(EgressProxy(self.egress))
+            sandbox = self._sandbox(data_dir)
+            self.packages.use(sandbox, egress_proxy, base_env=self.settings.sandbox_base_env)
             opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root,
                             http=self._egress_http, http_timeout=self.settings.connect_timeout, oauth=self._oauth,
                             elicitation=self._elicitation, egress=self.egress, egress_proxy=egress_proxy,
-                            sandbox=self._sandbox(data_dir), limits=self.settings.sandbox_limits,
-                            base_env=self.settings.sandbox_base_env)
+                            sandbox=sandbox, limits=self.settings.sandbox_limits,
+                            base_env=self.settings.sandbox_base_env, packages=self.packages)
             self._pins = await DatabasePins(self._database).open()
             self._registrations = Registrations(self, await RegistrationStore(self._database).open())
             await self._registrations.refresh()

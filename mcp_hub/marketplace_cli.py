@@ -102,8 +102,14 @@ async def run_registry(args: argparse.Namespace, settings: Settings, parse_creds
     credentials = [c.model_dump(mode="json") | {"values": {k: v.get_secret_value() for k, v in c.values.items()}}
                    for c in parse_creds(args.cred)]
     body = validated(RegistrationBody, {**imported.body, "credentials": credentials or None})
+    refused: HubError | None = None
     async with Hub(settings) as hub:
-        result = await hub.registrations.register(body, Principal(tenant="default", key_id="cli", role="admin"))
+        try:
+            result = await hub.registrations.register(body, Principal(tenant="default", key_id="cli", role="admin"))
+        except HubError as exc:  # raised after the hub closed: not wrapped in its task groups' exception group
+            refused = exc
+    if refused is not None:
+        raise refused
     pinned = f"pinned {len(result['tools'])} tool(s): {', '.join(result['tools'])}" if result["pinned"] else result["note"]
     print(f"registered {result['slug']}@{result['version']}; {pinned}")
     return 0

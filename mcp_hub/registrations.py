@@ -8,8 +8,11 @@ entries stay read-only: their slugs cannot be registered.
 
 Who may write: a key with the `admin` role, for any org; a key with the `publisher` role,
 for the org equal to its tenant (`acme/…` for a key of tenant `acme`). A hosted version
-from the API is a `package` (npm or pypi, run over stdio as `npx`/`uvx` would); a raw
-`command` runs anything on the hub's machine, so only admins may register one.
+from the API is a `package` (npm or pypi, installed once by the hub and run from its own
+entry point: `mcp_hub.installer`); a raw `command` runs anything on the hub's machine, so
+only admins may register one. Every route that sets environment variables (versions,
+server.json import, connection templates) is held to `envpolicy`: a refused name is a 422
+`env_not_allowed` naming the variable.
 
 Registering a version lists its tools at once and pins them (`pinning.py`); a server that
 needs a credential the request does not bring is pinned on first use instead, and one
@@ -20,62 +23,37 @@ sees new registrations within `REFRESH_SECONDS`.
 from __future__ import annotations
 
 import json
-import time
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import anyio
 import mcp.types as types
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from .apikeys import Principal
 from .credentials import Credential, bind
-from .database import Database, Migration
-from .errors import Conflict, CredentialError, Forbidden, NotFound, RequestError, ServerError, Unprocessable
+from .envpolicy import env_problems
+from .errors import (
+    Conflict,
+    CredentialError,
+    EnvNotAllowed,
+    Forbidden,
+    NotFound,
+    PackageInstallFailed,
+    RequestError,
+    ServerError,
+    Unprocessable,
+)
+from .packages import Package
+from .registration_store import RegistrationStore, build_entry
 from .registry import SLUG_RE, Entry, parse_version
 from .resolution import Target
 
+__all__ = ["NewVersionBody", "Package", "RegistrationBody", "RegistrationStore", "Registrations"]
 REFRESH_SECONDS = 5.0
-STEPS = [Migration(1, (
-    """CREATE TABLE registrations (
-        slug TEXT PRIMARY KEY,
-        owner TEXT NOT NULL,
-        description TEXT NOT NULL,
-        tags TEXT NOT NULL,
-        connections TEXT NOT NULL,
-        limits TEXT NOT NULL,
-        unlisted BOOLEAN NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        created_by TEXT,
-        updated_at DOUBLE PRECISION NOT NULL
-    )""",
-    """CREATE TABLE registration_versions (
-        slug TEXT NOT NULL,
-        version TEXT NOT NULL,
-        spec TEXT NOT NULL,
-        deprecated BOOLEAN NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        created_by TEXT,
-        PRIMARY KEY (slug, version)
-    )""",
-))]
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Package(_Body):
-    """A package the hub runs over stdio: `npx -y identifier@version args…` or `uvx identifier==version args…`."""
-
-    registry: Literal["npm", "pypi"]
-    identifier: Annotated[str, Field(min_length=1, pattern=r"^[@A-Za-z0-9][@A-Za-z0-9._/-]*$")]
-    version: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9.+-]*$")]
-    arguments: list[str] = []
-
-    def command(self) -> list[str]:
-        if self.registry == "npm":
-            return ["npx", "-y", f"{self.identifier}@{self.version}", *self.arguments]
-        return ["uvx", f"{self.identifier}=={self.version}", *self.arguments]
 
 
 class VersionBody(_Body):
@@ -102,8 +80,8 @@ class VersionBody(_Body):
         if self.url is not None:
             spec |= {"url": self.url, "headers": self.headers} | ({"transport": self.transport} if self.transport else {})
         else:
-            spec |= {"command": self.package.command() if self.package else self.command, "env": self.env,
-                     "network": self.network}
+            hosted = {"package": self.package.model_dump(mode="json")} if self.package else {"command": self.command}
+            spec |= hosted | {"env": self.env, "network": self.network}
         return spec
 
 
@@ -125,17 +103,15 @@ class NewVersionBody(VersionBody):
     credentials: Any = None
 
 
-def _entry(slug: str, description: str, tags: list[str], connections: dict[str, Any], limits: dict[str, Any],
-           versions: dict[str, dict[str, Any]]) -> Entry:
-    """An `Entry`, or a 400 naming the field (the same rules as registry.yaml)."""
-    try:
-        return Entry.model_validate({"slug": slug, "description": description, "tags": tags, "connections": connections,
-                                     "limits": limits, "versions": versions, "published": True})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        message = first["msg"].removeprefix("Value error, ")
-        raise RequestError(f"{param}: {message}" if param else message, param=param, code="invalid_registration") from None
+def _check_env(entry: Entry, key: str, *, connections: bool) -> None:
+    """A 422 `env_not_allowed` naming the first variable `envpolicy` refuses in the new version (and the connections)."""
+    found = [(f"version.env.{name}", message) for name, message in env_problems(entry.versions[key].env, "version")]
+    if connections:
+        found += [(f"connections.{conn}.env.{name}", message) for conn, connection in entry.connections.items()
+                  for name, message in env_problems(connection.env, f"connection {conn!r}")]
+    if found:
+        param, message = found[0]
+        raise EnvNotAllowed(message, param=param[:200])
 
 
 def _check_version(text: str) -> str:
@@ -144,72 +120,6 @@ def _check_version(text: str) -> str:
     except ValueError:
         raise RequestError(f"version {text!r} is not a semantic version like 1.2.0", param="version.version") from None
     return text.removeprefix("v").removeprefix("V")
-
-
-class RegistrationStore:
-    """The `registrations` and `registration_versions` tables."""
-
-    def __init__(self, database: Database) -> None:
-        self._db = database
-
-    async def open(self) -> RegistrationStore:
-        await self._db.migrate("registrations", STEPS)
-        return self
-
-    async def stamp(self) -> tuple[Any, ...]:
-        row = await self._db.fetch_one("SELECT COUNT(*) AS n, MAX(updated_at) AS t FROM registrations")
-        return (row or {}).get("n"), (row or {}).get("t")
-
-    async def load(self) -> tuple[dict[str, Entry], frozenset[str], dict[str, str]]:
-        """Every registered entry, the unlisted slugs, and each slug's owner (org tenant)."""
-        servers = await self._db.fetch_all("SELECT slug, owner, description, tags, connections, limits, unlisted "
-                                           "FROM registrations")
-        versions = await self._db.fetch_all("SELECT slug, version, spec, deprecated FROM registration_versions")
-        by_slug: dict[str, dict[str, dict[str, Any]]] = {}
-        for row in versions:
-            by_slug.setdefault(row["slug"], {})[row["version"]] = {**json.loads(row["spec"]),
-                                                                    "deprecated": bool(row["deprecated"])}
-        entries: dict[str, Entry] = {}
-        for row in servers:
-            if row["slug"] in by_slug:
-                entries[row["slug"]] = _entry(row["slug"], row["description"], json.loads(row["tags"]),
-                                              json.loads(row["connections"]), json.loads(row["limits"]), by_slug[row["slug"]])
-        unlisted = frozenset(row["slug"] for row in servers if row["unlisted"])
-        return entries, unlisted, {row["slug"]: row["owner"] for row in servers}
-
-    async def insert(self, entry: Entry, key: str, *, owner: str, by: str | None, new_server: bool) -> None:
-        now = time.time()
-        spec = entry.versions[key].model_dump(mode="json", exclude={"deprecated"}, exclude_defaults=True)
-        try:
-            async with self._db.transaction() as tx:
-                if new_server:
-                    await tx.execute(
-                        "INSERT INTO registrations (slug, owner, description, tags, connections, limits, unlisted, "
-                        "created_at, created_by, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (entry.slug, owner, entry.description, json.dumps(list(entry.tags)),
-                         json.dumps({k: v.model_dump(mode="json") for k, v in entry.connections.items()}),
-                         json.dumps(entry.limits.model_dump(mode="json", exclude_none=True)), False, now, by, now))
-                else:
-                    await tx.execute("UPDATE registrations SET updated_at = ? WHERE slug = ?", (now, entry.slug))
-                await tx.execute("INSERT INTO registration_versions (slug, version, spec, deprecated, created_at, "
-                                 "created_by) VALUES (?, ?, ?, ?, ?, ?)",
-                                 (entry.slug, key, json.dumps(spec), entry.versions[key].deprecated, now, by))
-        except Exception as exc:  # the unique key: another request registered it first
-            if "unique" in str(exc).lower() or "duplicate" in str(exc).lower():
-                raise Conflict(f"{entry.slug}@{key} is already registered", param="slug") from None
-            raise
-
-    async def update_server(self, slug: str, **fields: Any) -> None:
-        sets = ", ".join(f"{name} = ?" for name in fields)
-        async with self._db.transaction() as tx:
-            await tx.execute(f"UPDATE registrations SET {sets}, updated_at = ? WHERE slug = ?",  # noqa: S608 - names are ours
-                             (*fields.values(), time.time(), slug))
-
-    async def set_deprecated(self, slug: str, version: str, deprecated: bool) -> None:
-        async with self._db.transaction() as tx:
-            await tx.execute("UPDATE registration_versions SET deprecated = ? WHERE slug = ? AND version = ?",
-                             (deprecated, slug, version))
-            await tx.execute("UPDATE registrations SET updated_at = ? WHERE slug = ?", (time.time(), slug))
 
 
 class Registrations:
@@ -278,7 +188,8 @@ class Registrations:
             where = "registered" if self._hub.registry.is_registered(slug) else "defined in the registry file"
             raise Conflict(f"{slug} is already {where}; add versions with POST /v1/servers/{slug}/versions", param="slug")
         key = _check_version(body.version.version)
-        entry = _entry(slug, body.description, body.tags, body.connections, body.limits, {key: body.version.spec()})
+        entry = build_entry(slug, body.description, body.tags, body.connections, body.limits, {key: body.version.spec()})
+        _check_env(entry, key, connections=True)
         pinned = await self._list_and_pin(entry, key, body.credentials, principal, new_server=True)
         return {"slug": slug, "version": key, **pinned}
 
@@ -291,9 +202,10 @@ class Registrations:
             raise Conflict(f"{slug}@{key} exists; versions are immutable: publish a new version", param="version")
         versions = {k: v.model_dump(mode="json", exclude_defaults=True) | {"deprecated": v.deprecated}
                     for k, v in current.versions.items()}
-        entry = _entry(slug, current.description, list(current.tags),
+        entry = build_entry(slug, current.description, list(current.tags),
                        {k: v.model_dump(mode="json") for k, v in current.connections.items()},
                        current.limits.model_dump(mode="json", exclude_none=True), {**versions, key: body.spec()})
+        _check_env(entry, key, connections=False)
         pinned = await self._list_and_pin(entry, key, body.credentials, principal, new_server=False)
         return {"slug": slug, "version": key, **pinned}
 
@@ -348,10 +260,14 @@ class Registrations:
         if entry.versions[key].oauth is not None:
             return None, "an OAuth server: its tools are pinned when it is first listed"
         try:
+            if target.version.package is not None:  # installed first: the listing below has a connect deadline
+                await self._hub.packages.install(target.version.package, server=entry.slug)
             session = self._hub.pool.get(target, binding, tenant)
             with anyio.fail_after(self._hub.settings.connect_timeout + 5):
                 await session.client(self._hub.settings.connect_timeout)
                 raw = await session.raw_tools()
+        except PackageInstallFailed as exc:
+            raise Unprocessable(exc.message, param="version.package", code=exc.code) from None
         except ServerError as exc:
             raise Unprocessable(f"cannot list the tools of {entry.slug}@{key}: {exc.message}", param="version",
                                 code="server_unreachable") from None

@@ -19,7 +19,9 @@ import semantic_version
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .envpolicy import env_problems
 from .errors import ConfigError
+from .packages import Package
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*$")
 Transport = Literal["stdio", "streamable-http", "sse"]
@@ -101,9 +103,10 @@ class OAuth(_Model):
 
 
 class Version(_Model):
-    """One immutable version of a server: hosted (`command`) or remote (`url`)."""
+    """One immutable version of a server: hosted (`command`, or an npm/PyPI `package`) or remote (`url`)."""
 
     command: tuple[str, ...] | None = None
+    package: Package | None = None
     env: dict[str, str] = {}
     cwd: str | None = None
     url: str | None = None
@@ -123,13 +126,12 @@ class Version(_Model):
 
     @model_validator(mode="after")
     def _hosted_xor_remote(self) -> Version:
-        if (self.command is None) == (self.url is None):
-            raise ValueError("give exactly one of `command` (hosted) or `url` (remote)")
-        if self.command is not None:
-            if not self.command:
-                raise ValueError("`command` is empty")
-            if self.transport not in (None, "stdio"):
-                raise ValueError("a hosted `command` speaks stdio; `transport` must be stdio or absent")
+        if [self.command, self.package, self.url].count(None) != 2:
+            raise ValueError("give exactly one of `command` or `package` (hosted) or `url` (remote)")
+        if self.command is not None and not self.command:
+            raise ValueError("`command` is empty")
+        if self.hosted and self.transport not in (None, "stdio"):
+            raise ValueError("a hosted `command` or `package` speaks stdio; `transport` must be stdio or absent")
         if self.url is not None:
             if not re.match(r"^https?://", self.url):
                 raise ValueError("`url` must start with http:// or https://")
@@ -138,17 +140,17 @@ class Version(_Model):
         elif self.oauth is not None:
             raise ValueError("`oauth` applies to remote (`url`) servers only")
         if self.url is not None and self.network != "none":
-            raise ValueError("`network` applies to hosted (`command`) servers only")
+            raise ValueError("`network` applies to hosted (`command`, `package`) servers only")
         return self
 
     @property
     def hosted(self) -> bool:
-        return self.command is not None
+        return self.command is not None or self.package is not None
 
     @property
     def kind(self) -> Transport:
         """The transport this version is spoken to over."""
-        if self.command is not None:
+        if self.hosted:
             return "stdio"
         return self.transport or guess_transport(self.url or "")
 
@@ -242,6 +244,18 @@ class Entry(_Model):
         best = selector.select(candidates)
         return candidates[best] if best is not None else None
 
+    def env_problems(self, versions: list[str] | None = None) -> list[tuple[str, str]]:
+        """(field, message) for each environment variable of `versions` (default: all) or of a
+        connection template that `envpolicy` refuses; fields read like `versions.1.0.0.env.PATH`."""
+        found = []
+        for key in self.versions if versions is None else versions:
+            found += [(f"versions.{key}.env.{name}", message)
+                      for name, message in env_problems(self.versions[key].env, f"version {key}")]
+        for name, connection in self.connections.items():
+            found += [(f"connections.{name}.env.{variable}", message)
+                      for variable, message in env_problems(connection.env, f"connection {name!r}")]
+        return found
+
     def connection_names(self) -> list[str]:
         """Connection names this server accepts credentials under, including the SDK's `org-name`."""
         return [*self.connections, self.slug.replace("/", "-")]
@@ -294,6 +308,13 @@ class Registry:
                 entries[slug] = Entry.model_validate({**body, "slug": slug})
             except ValidationError as exc:
                 raise ConfigError(f"{source}: {_describe(slug, exc)}") from None
+            # The operator's own entries obey the same rule; one that truly needs such a variable
+            # runs outside the sandbox (`sandbox: false`), a choice only this file can make.
+            problems = entries[slug].env_problems() if entries[slug].sandbox else []
+            if problems:
+                field, message = problems[0]
+                raise ConfigError(f"{source}: servers[{slug!r}].{field}: {message} (an entry that truly needs it "
+                                  "runs unsandboxed: `sandbox: false`)")
         return cls(entries, root=root)
 
     def __contains__(self, slug: str) -> bool:

@@ -198,6 +198,9 @@ class Sandbox:
                 mounts.bind(Path("/dev/null"), hide)
         for path in writable:
             mounts.bind(path, writable=True)
+        for path in readonly:  # the caller's own read-only paths inside a hidden folder (an installed package)
+            if any(path == hide or path.is_relative_to(hide) for hide in self.hidden):
+                mounts.bind(path)
         for hide in covered:
             if hide.is_dir():  # read-only once the writable folders inside it are mounted
                 mounts.args += ["--remount-ro", str(hide)]

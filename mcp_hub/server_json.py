@@ -7,15 +7,16 @@ locally, and/or `remotes` it connects to. The import maps it onto the hub's own 
 - `remotes[]` of type `streamable-http` or `sse` become a remote version (`url`); URL
   `{variables}` are filled from the import's `variables`, else their `default`;
 - `packages[]` of `registryType` `npm` or `pypi` with `stdio` transport become a hosted
-  `package` version, run as `npx -y <identifier>@<version>` or `uvx <identifier>==<version>`
-  with its `packageArguments` (fixed `value`, else `default`, else the import's
-  `variables`); a package with another `runtimeHint` or with `runtimeArguments` becomes a
+  `package` version, installed by the hub and run from its own entry point with its
+  `packageArguments` (fixed `value`, else `default`, else the import's `variables`) as the
+  server's argv; a package with another `runtimeHint` or with `runtimeArguments` becomes a
   raw `command` (runner, runtime arguments, package, package arguments), which only
   admins may register;
 - declared inputs with no fixed value (secret or required headers and environment
   variables) become fields of one connection named after the server (`weather` for
   `io.github.user/weather`), delivered as the entry's `headers` / `env` templates; inputs
-  with a fixed value or a default become the version's own `headers` / `env`.
+  with a fixed value or a default become the version's own `headers` / `env`. Environment
+  variable names are held to `envpolicy` when the result is registered (422 `env_not_allowed`).
 
 A remote is preferred over a package unless `prefer="package"`. Other package types
 (oci, nuget, mcpb) and package transports other than stdio are skipped, with a note.

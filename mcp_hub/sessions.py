@@ -175,6 +175,12 @@ class ManagedSession:
                 log_offset = self._opener.log_offset(self.target) if self.hosted else 0
                 connected = False
                 error, self.failure = "the session ended", None
+                try:
+                    await self._opener.prepare(self.target)
+                except ServerError as exc:  # a package that cannot be installed: reported as it is
+                    self.failure = exc
+                    self._set_state("failed", exc.message)
+                    return
                 with anyio.CancelScope(deadline=anyio.current_time() + self._policy.connect_timeout) as deadline:
                     try:
                         async with self._opener.open(self.target, self.binding, on_message=self._on_message,

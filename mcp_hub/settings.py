@@ -102,6 +102,8 @@ class Settings(BaseSettings):
         default_factory=dict, description="Variables every hosted server gets besides PATH/HOME/TMPDIR: by default "
         "the hub's own LANG, LC_ALL, TZ and CA settings (SSL_CERT_FILE, NODE_EXTRA_CA_CERTS, ...), when set.")
     prewarm: bool = Field(False, description="Start every hosted server's latest version at start-up.")
+    package_install_timeout: float = Field(
+        300.0, gt=0, description="Seconds to install a published npm/PyPI package version (once, into data_dir/packages).")
     egress_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Hosts, *.domains and CIDRs that MCP server URLs may reach although "
         "private (comma-separated or JSON in MCP_HUB_EGRESS_ALLOW); unset: only public addresses.")

@@ -39,6 +39,7 @@ from .egress import EgressGuard, EgressSession, pinned
 from .egress_proxy import EgressProxy
 from .errors import AuthRequired, ServerError, UrlBlocked
 from .hosting import Hosting
+from .installer import PackageStore
 from .oauth import OAuthBroker
 from .resolution import Target
 from .sandbox import Sandbox, SandboxLimits
@@ -190,10 +191,11 @@ class Opener:
                  http_timeout: float = 30.0, oauth: OAuthBroker | None = None,
                  elicitation: ElicitationFnT = decline_elicitation, egress: EgressGuard | None = None,
                  egress_proxy: EgressProxy | None = None, sandbox: Sandbox | None = None,
-                 limits: SandboxLimits | None = None, base_env: Mapping[str, str] | None = None) -> None:
+                 limits: SandboxLimits | None = None, base_env: Mapping[str, str] | None = None,
+                 packages: PackageStore | None = None) -> None:
         """`http` should come from `egress.transport()`, so connections dial only pinned addresses;
         `egress_proxy` (the hub's, on its exit stack) is what sandboxed children reach the network through;
-        `sandbox` None runs hosted children unsandboxed."""
+        `sandbox` None runs hosted children unsandboxed; `packages` installs published packages once."""
         self.logs_dir = logs_dir
         self.data_dir = data_dir
         self.registry_root = registry_root
@@ -203,8 +205,10 @@ class Opener:
         self.egress_proxy = egress_proxy or EgressProxy(self.egress)
         self._timeout = httpx2.Timeout(http_timeout, read=300.0)
         setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+        self.packages = packages or PackageStore(data_dir / "packages")
         self.hosting = Hosting(data_dir=data_dir, registry_root=registry_root, sandbox=sandbox, limits=limits,
-                               base_env=base_env, egress_proxy=self.egress_proxy, setpriv=setpriv)
+                               base_env=base_env, egress_proxy=self.egress_proxy, setpriv=setpriv,
+                               packages=self.packages)
         self.oauth = oauth or OAuthBroker()
         self.elicitation = elicitation
 
@@ -217,6 +221,11 @@ class Opener:
         transport = self._http if egress is None else SharedTransport(self._inner, egress)
         return httpx2.AsyncClient(transport=transport, headers=headers, timeout=self._timeout, follow_redirects=False,
                                   auth=auth)
+
+    async def prepare(self, target: Target) -> None:
+        """Install a package version's files once (outside the connect deadline: a first install takes a while)."""
+        if target.version.package is not None:
+            await self.packages.install(target.version.package, server=target.name)
 
     def log_path(self, target: Target) -> Path:
         return self.logs_dir / (re.sub(r"[^A-Za-z0-9._@-]+", "_", target.ident).strip("_") + ".log")

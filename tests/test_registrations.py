@@ -249,15 +249,12 @@ def test_server_json_mapping() -> None:
 
 def test_server_json_of_an_npm_package_imports_and_runs_from_the_cli(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from .interop.node_packages import node_package_file
-
-    node_package_file("@modelcontextprotocol", "server-everything", "dist", "index.js")  # skips without npm ci
-    registry = tmp_path / "registry.yaml"
+    # The registry's folder is bound into the sandbox: not pytest's 0700 tmp_path, which would hide what lies below.
+    (tmp_path / "registry").mkdir(mode=0o755)
+    registry = tmp_path / "registry" / "registry.yaml"
     registry.write_text("servers: {}\n")
     data = ["--data-dir", str(tmp_path / "data"), "--registry", str(registry)]
-    # npx runs the package this checkout installed (the registry folder's node_modules), offline.
-    (tmp_path / "node_modules").symlink_to(ROOT / "node_modules")
-    tmp_path.chmod(0o755)  # the registry folder: the sandboxed server's user (not the hub's) reads it
+    # The hub installs the package from the npm registry into its data folder, once, and runs its bin.
     assert main(["registry", "import", str(SERVER_JSON / "npm.json"), "--tag", "npm", *data]) == 0
     out = capsys.readouterr().out
     assert "registered io.github.modelcontextprotocol/server-everything@2026.8.31; pinned" in out and "echo" in out

@@ -217,13 +217,14 @@ def test_published_limits_only_lower_the_defaults() -> None:
 def test_a_publisher_cannot_opt_out_and_its_entries_are_marked_published() -> None:
     from pydantic import ValidationError
 
-    from mcp_hub.registrations import RegistrationBody, _entry
+    from mcp_hub.registration_store import build_entry
+    from mcp_hub.registrations import RegistrationBody
 
     version = {"version": "1.0.0", "command": ["x"], "network": "egress"}
     with pytest.raises(ValidationError):
         RegistrationBody.model_validate({"slug": "a/b", "sandbox": False, "version": version})
     body = RegistrationBody.model_validate({"slug": "a/b", "limits": {"memory_mb": 99999}, "version": version})
-    entry = _entry(body.slug, "", [], {}, body.limits, {"1.0.0": body.version.spec()})
+    entry = build_entry(body.slug, "", [], {}, body.limits, {"1.0.0": body.version.spec()})
     assert entry.sandbox and entry.published and entry.versions["1.0.0"].network == "egress"
 
 
