@@ -241,7 +241,8 @@ class Hub:
             stack.push_async_callback(self._egress_http.aclose)
             opener = Opener(logs_dir=data_dir / "logs", data_dir=data_dir, registry_root=self.registry.root,
                             http=self._egress_http, http_timeout=self.settings.connect_timeout, oauth=self._oauth,
-                            elicitation=self._elicitation, egress=self.egress)
+                            elicitation=self._elicitation, egress=self.egress,
+                            stdio_message_max_bytes=self.settings.stdio_message_max_bytes)
             self._pins = await DatabasePins(self._database).open()
             self._registrations = Registrations(self, await RegistrationStore(self._database).open())
             await self._registrations.refresh()

@@ -6,7 +6,7 @@ guard) and turns a target plus its credential binding into an entered `Client`. 
 target's host is checked and pinned before connecting (`mcp_hub.egress`), and every request
 of its session, the SDK's and the OAuth flow's alike, dials only checked addresses. Hosted
 children are launched under `setpriv --pdeathsig KILL` where available, so even a
-hub killed with SIGKILL takes them down; the SDK already runs each child in its
+hub killed with SIGKILL takes them down; `mcp_hub.stdio` runs each child in its
 own process group and kills the group on close.
 """
 
@@ -29,7 +29,6 @@ from mcp import Client, StdioServerParameters
 from mcp.client.context import ClientRequestContext
 from mcp.client.session import ElicitationFnT, MessageHandlerFnT
 from mcp.client.sse import sse_client
-from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from . import __version__
@@ -40,6 +39,7 @@ from .errors import AuthRequired, ServerError, UrlBlocked
 from .oauth import OAuthBroker
 from .resolution import Target
 from .scrubbing import Scrubber
+from .stdio import stdio_client
 
 
 async def decline_elicitation(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
@@ -219,7 +219,8 @@ class Opener:
 
     def __init__(self, *, logs_dir: Path, data_dir: Path, registry_root: Path, http: httpx2.AsyncBaseTransport,
                  http_timeout: float = 30.0, oauth: OAuthBroker | None = None,
-                 elicitation: ElicitationFnT = decline_elicitation, egress: EgressGuard | None = None) -> None:
+                 elicitation: ElicitationFnT = decline_elicitation, egress: EgressGuard | None = None,
+                 stdio_message_max_bytes: int = 32 << 20) -> None:
         """`http` should come from `egress.transport()`, so connections dial only pinned addresses."""
         self.logs_dir = logs_dir
         self.data_dir = data_dir
@@ -231,6 +232,7 @@ class Opener:
         self._setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
         self.oauth = oauth or OAuthBroker()
         self.elicitation = elicitation
+        self.stdio_message_max_bytes = stdio_message_max_bytes
 
     def expand(self, text: str) -> str:
         """Fill `{python}`, `{registry_dir}` and `{data_dir}` in registry commands, env and cwd."""
@@ -315,7 +317,8 @@ class Opener:
                     errlog = await stack.enter_async_context(_scrubbed_log(self.log_path(target), scrubber))
                 else:
                     errlog = stack.enter_context(open(self.log_path(target), "a", encoding="utf-8"))  # noqa: SIM115
-                transport: Any = stdio_client(self.stdio_params(target, binding), errlog=errlog)
+                transport: Any = stdio_client(self.stdio_params(target, binding), errlog=errlog,
+                                              max_message_bytes=self.stdio_message_max_bytes)
             else:
                 assert version.url is not None
                 headers = version.headers | binding.headers
