@@ -25,6 +25,9 @@ WRITES = [
     "WITH x AS (SELECT 1) INSERT INTO genres (name) SELECT 'x' FROM x",
     "WITH x AS (SELECT 1) UPDATE sqlite_master SET sql = ''",
     "SELECT load_extension('/tmp/evil')",
+    "SELECT readfile('/etc/passwd')",
+    "SELECT writefile('/tmp/evil', 'x')",
+    "SELECT * FROM pragma_compile_options",
     "SELECT 1; DELETE FROM books",
 ]
 
@@ -188,6 +191,19 @@ async def test_only_listed_functions_run() -> None:
     assert "'load_extension' is not allowed" in error_text(extension)
     assert allowed["rows"][0][1:] == [2, 1, "2026", 55, 1]
     assert table_valued["rows"] == [[1], [2]]
+
+
+async def test_full_text_queries_on_a_served_file_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "texts.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE VIRTUAL TABLE docs USING fts4(body)")
+        conn.execute("INSERT INTO docs VALUES ('hello world'), ('other things')")
+    conn.close()
+    async with Client(build_server(db_path=path)) as client:
+        found = data(await client.call_tool("run_query", {"sql": "SELECT snippet(docs) FROM docs WHERE docs MATCH 'hello'"}))
+        pointer = await client.call_tool("run_query", {"sql": "SELECT fts3_tokenizer('simple')"})
+    assert found["rows"] == [["<b>hello</b> world"]]
+    assert "not allowed" in error_text(pointer)
 
 
 def test_every_allowed_function_is_a_known_builtin() -> None:
