@@ -20,9 +20,9 @@ in a row the session is `failed` and the pool drops it.
 A hosted child whose call timed out may still be working on it (a tool spinning on
 the CPU, a catastrophic regex): the SDK's cancellation cannot stop code that never
 yields. So the owner then probes the child (`tools/list`, within `busy_probe_timeout`)
-while new calls wait; a child that does not answer is still busy and is replaced.
-Work that keeps only a worker thread busy leaves the child answering: the sandbox's
-CPU limit is what bounds that.
+while new calls wait; a child that does not answer is still busy and is replaced. One
+that answers but keeps a worker thread spinning is caught by the transport
+(`mcp_hub.stdio`), which samples the child's threads after every cancellation.
 """
 
 from __future__ import annotations

@@ -15,6 +15,14 @@ otherwise (a notification, a server request, an id buried in the middle) it beco
 transport error for the session's message handler, like an unparsable line, and a call
 waiting for it runs into its timeout. A server can only fail its own session's calls.
 
+When the hub abandons a request (its call timed out, or its caller went away) it sends
+`notifications/cancelled`; a child running code that never yields (a CPU loop, a
+catastrophic regex, work in a worker thread) cannot honour it. So after each cancel the
+transport holds further writes for about a second and, when nothing else is outstanding,
+samples the states of the child's threads (its whole process tree, from /proc): if one
+stays runnable the child is still busy with abandoned work, and the transport ends the
+session (the owner restarts the child; the held writes fail as a lost connection).
+
 Spawning and closing follow the SDK's version: the child gets the SDK's default
 environment plus `server.env`, its own session (so its own process group), and on close
 its stdin is closed, it gets 2 s to exit, then SIGTERM to the whole group and 2 s later
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -52,6 +61,10 @@ _KILL_REAP_TIMEOUT = 2.0  # for the event loop to see the killed child exit
 _WRITER_FLUSH_TIMEOUT = 0.5  # for messages already accepted to reach the child before stdin closes
 _READ_SIZE = 1 << 20  # at most what one read returns (the pipe reader holds less anyway)
 _EDGE = 256  # bytes kept from each end of an over-limit message, to find its id
+_BUSY_GRACE = 0.2  # for the child to act on a cancellation before its threads are sampled
+_BUSY_SAMPLES = 12  # thread-state samples after a cancellation, _BUSY_INTERVAL apart
+_BUSY_INTERVAL = 0.05
+_BUSY_SHARE = 0.75  # of the samples with a runnable thread: still busy
 
 _ID = rb'(-?\d{1,18}|"[^"\\]{0,128}")'
 _VERSION = rb'(?:\s*"jsonrpc"\s*:\s*"2\.0"\s*,)?'
@@ -136,6 +149,66 @@ class LineReader:
             start = end + 1
 
 
+def _runnable(pid: int) -> bool | None:
+    """Whether a thread of `pid` or of a descendant is running or runnable; None without /proc."""
+    pending, seen = [pid], 0
+    while pending and seen < 256:  # a fork bomb's tree is the sandbox's to bound, not ours to walk
+        current = pending.pop()
+        seen += 1
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            if current == pid:
+                return None if not os.path.isdir("/proc/self/task") else False
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/stat", "rb") as stat:
+                    if stat.read().rpartition(b")")[2][1:2] == b"R":
+                        return True
+                with open(f"/proc/{current}/task/{task}/children", "rb") as children:
+                    pending += [int(child) for child in children.read().split()]
+            except (OSError, ValueError):
+                continue
+    return False
+
+
+class AbandonWatch:
+    """Tracks the hub's outstanding requests to one child and tells whether it is busy after a cancel."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.outstanding: set[str] = set()
+
+    def sent(self, message: Any) -> bool:
+        """Note a message written to the child; True when it abandons a request (check the child now)."""
+        if isinstance(message, types.JSONRPCRequest):
+            self.outstanding.add(str(message.id))
+        elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
+            self.outstanding.discard(str((message.params or {}).get("requestId")))
+            return True
+        return False
+
+    def received(self, item: SessionMessage | Exception) -> None:
+        """Note a message read from the child (a response settles its request)."""
+        if isinstance(item, SessionMessage) and isinstance(item.message, types.JSONRPCResponse | types.JSONRPCError):
+            self.outstanding.discard(str(item.message.id))
+
+    async def busy(self) -> bool:
+        """Whether the child keeps a thread runnable while no request is outstanding (about 0.8 s)."""
+        await anyio.sleep(_BUSY_GRACE)
+        runnable = 0
+        for _ in range(_BUSY_SAMPLES):
+            if self.outstanding:
+                return False  # other work is legitimately running: the session's probe judges
+            state = _runnable(self.pid)
+            if state is None:
+                return False  # no /proc: nothing to judge by
+            runnable += state
+            await anyio.sleep(_BUSY_INTERVAL)
+        return runnable >= _BUSY_SHARE * _BUSY_SAMPLES
+
+
 def _first_bytes(parts: list[bytes]) -> bytes:
     head = b""
     for part in parts:
@@ -176,6 +249,7 @@ async def stdio_client(server: StdioServerParameters, errlog: TextIO, *,
     read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
     reader = LineReader(max_message_bytes, _parser(server))
+    watch = AbandonWatch(process.pid)
     writer_done = anyio.Event()
     shutting_down = False
 
@@ -190,6 +264,7 @@ async def stdio_client(server: StdioServerParameters, errlog: TextIO, *,
                         except anyio.EndOfStream:
                             return
                         for item in reader.feed(chunk):
+                            watch.received(item)
                             try:
                                 await read_writer.send(item)
                             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -209,6 +284,12 @@ async def stdio_client(server: StdioServerParameters, errlog: TextIO, *,
                 async for message in write_reader:
                     text = message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
                     await process.stdin.send(text.encode(server.encoding, server.encoding_error_handler))
+                    # Checked here, in the writer, so that nothing more is written meanwhile.
+                    if watch.sent(message.message) and await watch.busy():
+                        log.warning("hosted server process %d is still busy after a request was abandoned; "
+                                    "ending its session", process.pid)
+                        await read_writer.aclose()
+                        return
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             await read_writer.aclose()  # the child may live on: the session must see the end, not hang
         finally:

@@ -133,11 +133,13 @@ async def test_hub_sql_huge_results_take_the_same_path(tmp_path: Path) -> None:
     assert not fine.is_error and fine.result["rows"] == [[55]]
 
 
-async def test_a_child_busy_after_a_timeout_is_replaced(tmp_path: Path) -> None:
-    settings = Settings.load(data_dir=tmp_path, busy_probe_timeout=1.0, restart_backoff=0.05)
+@pytest.mark.parametrize("tool", ["spin", "spin_in_thread"])
+async def test_a_child_busy_after_a_timeout_is_replaced(tmp_path: Path, tool: str) -> None:
+    """spin blocks the server's event loop (it answers nothing); spin_in_thread leaves it answering."""
+    settings = Settings.load(data_dir=tmp_path, busy_probe_timeout=2.0, restart_backoff=0.05)
     async with Hub(settings, heavy_registry(call_timeout=1.0)) as hub:
         first = (await call(hub, "pid")).result["result"]
-        spun = await call(hub, "spin")
+        spun = await call(hub, tool)
         assert spun.is_error and spun.error_code == "timeout"
         with anyio.fail_after(30):
             after = await call(hub, "pid")
