@@ -182,8 +182,8 @@ class AbandonWatch:
 
     def sent(self, message: Any) -> bool:
         """Note a message written to the child; True when it abandons a request (check the child now)."""
-        if isinstance(message, types.JSONRPCRequest):
-            self.outstanding.add(str(message.id))
+        if isinstance(message, types.JSONRPCRequest) and message.method != "subscriptions/listen":
+            self.outstanding.add(str(message.id))  # (a listen stream stays open for good: it is not work)
         elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
             self.outstanding.discard(str((message.params or {}).get("requestId")))
             return True

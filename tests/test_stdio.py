@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from mcp_hub.executor import ToolCall
 from mcp_hub.hub import Hub
 from mcp_hub.registry import Registry
 from mcp_hub.settings import Settings
-from mcp_hub.stdio import MESSAGE_TOO_LARGE, LineReader, MessageTooLarge
+from mcp_hub.stdio import MESSAGE_TOO_LARGE, AbandonWatch, LineReader, MessageTooLarge, _runnable
 
 from .conftest import ROOT
 
@@ -88,6 +91,32 @@ def test_reading_is_linear() -> None:
     assert time.process_time() - started < 10
     assert len(out) == 1 and isinstance(out[0], SessionMessage)
     assert out[0].message.result == {"n": len(message) - 1}  # type: ignore[union-attr]
+
+
+def test_abandon_watch_tracks_requests_but_not_listen_streams() -> None:
+    watch = AbandonWatch(os.getpid())
+    assert not watch.sent(types.JSONRPCRequest(jsonrpc="2.0", id=1, method="tools/call", params={"name": "x"}))
+    assert not watch.sent(types.JSONRPCRequest(jsonrpc="2.0", id=2, method="subscriptions/listen", params={}))
+    assert watch.outstanding == {"1"}
+    assert watch.sent(types.JSONRPCNotification(jsonrpc="2.0", method="notifications/cancelled",
+                                                params={"requestId": 1}))
+    assert watch.outstanding == set()
+    watch.sent(types.JSONRPCRequest(jsonrpc="2.0", id=3, method="tools/list"))
+    watch.received(SessionMessage(types.JSONRPCResponse(jsonrpc="2.0", id=3, result={})))
+    assert watch.outstanding == set()
+
+
+def test_thread_states_of_a_process_tree() -> None:
+    """This thread is running while it looks; a shell waiting on a sleeping child is not."""
+    assert _runnable(os.getpid()) is True
+    with subprocess.Popen(["sh", "-c", "sleep 30; true"], start_new_session=True) as idle:
+        try:
+            deadline = time.monotonic() + 10
+            while not psutil.Process(idle.pid).children() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert _runnable(idle.pid) is False
+        finally:
+            os.killpg(idle.pid, signal.SIGKILL)
 
 
 def heavy_registry(**limits: Any) -> Registry:
