@@ -2,9 +2,9 @@
 
 It replaces the MCP SDK's `mcp.client.stdio.stdio_client`, whose reader decodes stdout
 to text and, for every chunk, joins the partial line kept so far with the chunk and
-splits the whole again: a message of n bytes costs O(n² / chunk) (20 MB took 10 s of
-the hub's CPU; 60 MB never finished), and any member can ask `hub/sql` for such a
-result. Here a message's chunks are kept in a list, the newline is looked for only in
+splits the whole again: a message of n bytes costs O(n² / chunk) (each doubling of a
+result quadruples the hub's CPU; bench/README.md has figures), and any member can ask
+`hub/sql` for such a result. Here a message's chunks are kept in a list, the newline is looked for only in
 each new chunk, and the message is joined once.
 
 A message over `max_message_bytes` is never buffered: the rest of it is skipped up to
@@ -92,8 +92,8 @@ def _response_id(head: bytes, tail: bytes) -> int | str | None:
 
 
 def too_large(head: bytes, tail: bytes, size: int, limit: int) -> SessionMessage | Exception:
-    """What the session gets instead of an over-limit message of at least `size` bytes."""
-    text = f"the server sent a message of more than {limit} bytes (at least {size}), the hub's stdio_message_max_bytes"
+    """What the session gets instead of an over-limit message of `size` bytes."""
+    text = f"the server's message of {size} bytes was over the hub's limit of {limit} (stdio_message_max_bytes); dropped"
     request = _response_id(head, tail)
     if request is None:
         log.warning("dropped a message from a hosted server: %s", text)

@@ -66,7 +66,7 @@ def test_an_over_limit_response_fails_the_request_it_answers(message: bytes, req
     dropped, following = out
     assert isinstance(dropped, SessionMessage) and isinstance(dropped.message, types.JSONRPCError)
     assert dropped.message.id == request_id and dropped.message.error.code == MESSAGE_TOO_LARGE
-    assert "more than 1000 bytes" in dropped.message.error.message
+    assert f"message of {len(message)} bytes was over the hub's limit of 1000" in dropped.message.error.message
     assert isinstance(following, SessionMessage) and isinstance(following.message, types.JSONRPCResponse)
 
 
@@ -146,7 +146,7 @@ async def test_large_results_are_read_in_linear_time_and_capped(tmp_path: Path) 
     assert f"the first {settings.tool_output_max_bytes} are shown" in big.result
     assert cpu < 8  # loose: linear reading takes well under a second of it (bench/README.md has figures)
     assert over.is_error and over.error_code == "result_too_large"
-    assert f"more than {settings.stdio_message_max_bytes} bytes" in over.result["error"]["message"]
+    assert f"over the hub's limit of {settings.stdio_message_max_bytes}" in over.result["error"]["message"]
     assert after.result["result"] == first  # the session lived on: the dropped message cost only its call
 
 
