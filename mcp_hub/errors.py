@@ -45,7 +45,9 @@
         ├── CapacityError          capacity (child/session caps reached)
         ├── ToolsChanged           tool_definitions_changed: tools whose definitions differ
         │                          from their pins are withheld until an admin approves
-        └── SessionLost            the live session died under a call
+        ├── SessionLost            the live session died under a call
+        └── ResultTooLarge         result_too_large: a hosted server's answer was over
+                                   stdio_message_max_bytes (an error for that call only)
 
 Every exception carries context (server name, connection name) and a
 recommendation for the caller. None of them ever carries a secret: messages are
@@ -360,6 +362,13 @@ class SessionLost(ServerError):
     code = "session_lost"
     delivered = True  # whether the call may have reached the server (then retrying is unsafe)
     recommendation = "The server restarted during the call; the call was not retried because it may have side effects."
+
+
+class ResultTooLarge(ServerError):
+    """A hosted server's answer to one call was over `stdio_message_max_bytes`; the hub dropped it unread."""
+
+    code = "result_too_large"
+    recommendation = "Ask for less (a narrower query, a smaller page), or have the operator raise stdio_message_max_bytes."
 
 
 class ToolsChanged(ServerError):

@@ -23,7 +23,7 @@ from mcp import MCPError
 from pydantic import BaseModel, Field
 
 from . import jsoncodec
-from .errors import ServerError, SessionLost
+from .errors import ResultTooLarge, ServerError, SessionLost
 from .scrubbing import Scrubber
 from .sessions import CallTimeout, ManagedSession
 
@@ -177,6 +177,9 @@ class Executor:
                 tool = next((t for t in session.cached_tools() or [] if t.name == call.tool), None)
                 if attempt == 1 and (not exc.delivered or _safe_to_retry(tool)):
                     continue
+                return done({"error": {"code": exc.code, "message": exc.message}}, is_error=True, code=exc.code,
+                            arguments=arguments)
+            except ResultTooLarge as exc:  # this call's failure, not the server's
                 return done({"error": {"code": exc.code, "message": exc.message}}, is_error=True, code=exc.code,
                             arguments=arguments)
             except ServerError as exc:

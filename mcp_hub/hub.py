@@ -253,7 +253,8 @@ class Hub:
                             http=self._egress_http, http_timeout=self.settings.connect_timeout, oauth=self._oauth,
                             elicitation=self._elicitation, egress=self.egress, egress_proxy=egress_proxy,
                             sandbox=sandbox, limits=self.settings.sandbox_limits,
-                            base_env=self.settings.sandbox_base_env, packages=self.packages)
+                            base_env=self.settings.sandbox_base_env, packages=self.packages,
+                            stdio_message_max_bytes=self.settings.stdio_message_max_bytes)
             self._pins = await DatabasePins(self._database).open()
             self._registrations = Registrations(self, await RegistrationStore(self._database).open())
             await self._registrations.refresh()

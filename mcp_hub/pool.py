@@ -38,6 +38,7 @@ class SessionPool:
             restart_backoff=settings.restart_backoff,
             restart_backoff_max=settings.restart_backoff_max,
             concurrency=settings.concurrency,
+            busy_probe_timeout=settings.busy_probe_timeout,
         )
         self._sessions: dict[SessionKey, ManagedSession] = {}
         self._tg: TaskGroup | None = None

@@ -16,6 +16,13 @@ A session that dies (a hosted child exits, an HTTP session expires or its server
 goes away) is reopened by its owner with exponential backoff, so callers waiting
 in `client()` get the replacement; after `MAX_FAILED_RESTARTS` failed reopenings
 in a row the session is `failed` and the pool drops it.
+
+A hosted child whose call timed out may still be working on it (a tool spinning on
+the CPU, a catastrophic regex): the SDK's cancellation cannot stop code that never
+yields. So the owner then probes the child (`tools/list`, within `busy_probe_timeout`)
+while new calls wait; a child that does not answer is still busy and is replaced. One
+that answers but keeps a worker thread spinning is caught by the transport
+(`mcp_hub.stdio`), which samples the child's threads after every cancellation.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,10 +43,11 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .backchannel import BackChannel, current_relay
 from .credentials import Binding
-from .errors import ConnectError, ServerError, SessionLost, ToolsChanged
+from .errors import ConnectError, ResultTooLarge, ServerError, SessionLost, ToolsChanged
 from .pinning import Review, ToolGate, clean_tool
 from .resolution import Target
 from .scrubbing import Scrubber
+from .stdio import MESSAGE_TOO_LARGE
 from .transports import Opener
 
 log = logging.getLogger("mcp_hub.sessions")
@@ -61,6 +70,7 @@ class SessionPolicy:
     restart_backoff: float
     restart_backoff_max: float
     concurrency: int
+    busy_probe_timeout: float = 5.0
 
 
 class CallTimeout(Exception):
@@ -118,6 +128,8 @@ class ManagedSession:
         self._wake = anyio.Event()          # set to end the current incarnation (stop or death)
         self._changed = anyio.Event()       # replaced at every state change
         self._stopping = False
+        self._probing = False               # a timed-out call's child is being probed; new calls wait
+        self._suspicion = anyio.Event()     # set when a hosted call timed out: probe the child
         self._tools: list[types.Tool] | None = None  # as the server listed them (the audit hashes these)
         self._shown: list[types.Tool] | None = None  # after review: pinned and cleaned (what models see)
         self._gate = gate
@@ -191,6 +203,9 @@ class ManagedSession:
                             async with anyio.create_task_group() as watchers:
                                 if _modern_list_changed(client):
                                     await watchers.start(self._listen_for_tool_changes, client)
+                                if self.hosted:
+                                    self._suspicion = anyio.Event()
+                                    watchers.start_soon(self._replace_if_busy, client, wake)
                                 deadline.deadline = math.inf
                                 self._client, self._tools, connected = client, tools, True
                                 self._apply(review)
@@ -228,6 +243,32 @@ class ManagedSession:
                 self._set_state("closed", self.error)
             self.finished.set()
 
+    async def _replace_if_busy(self, client: Client, wake: anyio.Event) -> None:
+        """After a call timed out: end this incarnation unless the child answers a probe in time."""
+        try:
+            while True:
+                await self._suspicion.wait()
+                self._suspicion = anyio.Event()
+                answered = False
+                with anyio.move_on_after(self._policy.busy_probe_timeout):
+                    with suppress(Exception):  # any answer, even an error, shows the child is listening
+                        await client.list_tools()
+                    answered = True
+                if not answered:
+                    log.warning("server %s: still busy %gs after a call timed out; restarting it", self.target.name,
+                                self._policy.busy_probe_timeout)
+                    wake.set()
+                self._probing = False
+                self._set_state(self.state, self.error)  # callers waiting for the verdict go on
+        finally:
+            self._probing = False
+
+    def _suspect(self, generation: int) -> None:
+        """A call of incarnation `generation` timed out: have the owner probe the child."""
+        if self.hosted and generation == self.generation and self.state == "ready" and not self._wake.is_set():
+            self._probing = True
+            self._suspicion.set()
+
     async def _stop_requested(self) -> None:
         while not self._stopping:
             await self._changed.wait()
@@ -251,11 +292,11 @@ class ManagedSession:
 
     async def client(self, timeout: float) -> tuple[Client, int]:
         """The ready client and its generation; waits through start-up and restarts."""
-        if self.state == "ready" and self._client is not None and not self._wake.is_set():
+        if self.state == "ready" and self._client is not None and not self._wake.is_set() and not self._probing:
             return self._client, self.generation  # the hot path: no timer, no cancel scope
         with anyio.fail_after(timeout):
             while True:
-                if self.state == "ready" and self._client is not None and not self._wake.is_set():
+                if self.state == "ready" and self._client is not None and not self._wake.is_set() and not self._probing:
                     return self._client, self.generation
                 if self.state == "failed" and self.failure is not None:
                     raise self.failure
@@ -348,7 +389,10 @@ class ManagedSession:
                                                              request_read_timeout_seconds=timeout)
                 except MCPError as exc:
                     if exc.code == REQUEST_TIMEOUT:
+                        self._suspect(generation)
                         raise CallTimeout(f"tool {name!r} timed out after {timeout:g}s") from None
+                    if exc.code == MESSAGE_TOO_LARGE and self.hosted:
+                        raise ResultTooLarge(f"tool {name!r}: {exc.message}", server=self.target.name) from None
                     if _is_dead(exc, http=self.target.version.kind != "stdio"):
                         self.mark_dead(generation)
                         lost = SessionLost(f"server {self.target.name!r} went away during the call ({exc.message})",

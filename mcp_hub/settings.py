@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     prewarm: bool = Field(False, description="Start every hosted server's latest version at start-up.")
     package_install_timeout: float = Field(
         300.0, gt=0, description="Seconds to install a published npm/PyPI package version (once, into data_dir/packages).")
+    # Hosted (stdio) servers' output: what the hub buffers, and how it tells a wedged child.
+    stdio_message_max_bytes: int = Field(
+        32 * 1024 * 1024, ge=64 * 1024, description="Largest message a hosted server may write; the hub never buffers "
+        "more, and a result over it fails its call with result_too_large. Results over tool_output_max_bytes are cut "
+        "anyway: this bounds memory per child, not what callers see.")
+    busy_probe_timeout: float = Field(
+        5.0, gt=0, description="After a hosted server's call times out, seconds it has to answer a probe "
+        "(tools/list); one that does not is still busy and is restarted.")
     egress_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Hosts, *.domains and CIDRs that MCP server URLs may reach although "
         "private (comma-separated or JSON in MCP_HUB_EGRESS_ALLOW); unset: only public addresses.")

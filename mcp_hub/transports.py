@@ -7,7 +7,7 @@ child is launched (sandbox, environment, session folder) is `mcp_hub.hosting`'s.
 target's host is checked and pinned before connecting (`mcp_hub.egress`), and every request
 of its session, the SDK's and the OAuth flow's alike, dials only checked addresses. Hosted
 children are launched under `setpriv --pdeathsig KILL` where available, so even a
-hub killed with SIGKILL takes them down; the SDK already runs each child in its
+hub killed with SIGKILL takes them down; `mcp_hub.stdio` runs each child in its
 own process group and kills the group on close.
 """
 
@@ -28,7 +28,6 @@ from mcp import Client
 from mcp.client.context import ClientRequestContext
 from mcp.client.session import ElicitationFnT, MessageHandlerFnT
 from mcp.client.sse import sse_client
-from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from . import __version__
@@ -44,6 +43,7 @@ from .oauth import OAuthBroker
 from .resolution import Target
 from .sandbox import Sandbox, SandboxLimits
 from .scrubbing import Scrubber
+from .stdio import stdio_client
 
 
 async def decline_elicitation(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
@@ -192,7 +192,7 @@ class Opener:
                  elicitation: ElicitationFnT = decline_elicitation, egress: EgressGuard | None = None,
                  egress_proxy: EgressProxy | None = None, sandbox: Sandbox | None = None,
                  limits: SandboxLimits | None = None, base_env: Mapping[str, str] | None = None,
-                 packages: PackageStore | None = None) -> None:
+                 packages: PackageStore | None = None, stdio_message_max_bytes: int = 32 << 20) -> None:
         """`http` should come from `egress.transport()`, so connections dial only pinned addresses;
         `egress_proxy` (the hub's, on its exit stack) is what sandboxed children reach the network through;
         `sandbox` None runs hosted children unsandboxed; `packages` installs published packages once."""
@@ -211,6 +211,7 @@ class Opener:
                                packages=self.packages)
         self.oauth = oauth or OAuthBroker()
         self.elicitation = elicitation
+        self.stdio_message_max_bytes = stdio_message_max_bytes
 
     def http_client(self, headers: dict[str, str], auth: httpx2.Auth | None = None,
                     egress: EgressSession | None = None) -> httpx2.AsyncClient:
@@ -278,7 +279,8 @@ class Opener:
                 # Through the hub always: a server may print its credential, or flood its log.
                 errlog = await stack.enter_async_context(child_stderr(
                     self.log_path(target), Scrubber(binding.secrets()), self.hosting.limits_for(target).stderr_kb * 1024))
-                transport: Any = stdio_client(params, errlog=errlog)
+                transport: Any = stdio_client(params, errlog=errlog,
+                                              max_message_bytes=self.stdio_message_max_bytes)
             else:
                 assert version.url is not None
                 headers = version.headers | binding.headers

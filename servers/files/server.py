@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 import stat
 import time
 from collections import deque
@@ -18,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
+import re2
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
@@ -253,7 +253,8 @@ def build_server(
             str | None, Field(description="Text to find inside files (a regular expression if regex is true).")
         ] = None,
         path: PathArg = ".",
-        regex: Annotated[bool, Field(description="Treat `content` as a Python regular expression.")] = False,
+        regex: Annotated[bool, Field(description="Treat `content` as a regular expression (RE2 syntax: Python's, "
+                                           "without backreferences or lookaround).")] = False,
         case_sensitive: bool = False,
         include_hidden: Annotated[bool, Field(description="Also search dot-files and dot-directories.")] = False,
         max_results: Annotated[int, Field(ge=1, le=1000)] = 100,
@@ -332,14 +333,24 @@ def build_server(
 
 
 def _content_finder(content: str, regex: bool, case_sensitive: bool) -> Callable[[str], bool]:
-    """A predicate telling whether a line contains `content`."""
+    """A predicate telling whether a line contains `content`.
+
+    A regular expression runs on RE2, whose matching time is linear in the line's length:
+    a backtracking engine (Python's `re`) spends exponential time on patterns such as
+    ``(a+)+$`` and pins a core for good. RE2 refuses what needs backtracking instead.
+    """
     if regex:
         if len(content) > 500:
             raise ToolError("the regular expression is longer than 500 characters")
+        options = re2.Options()
+        options.case_sensitive = case_sensitive
+        options.never_capture = True  # only "does it match" is asked
+        options.log_errors = False  # a caller's bad pattern is their error, not the server's log line
         try:
-            compiled = re.compile(content, 0 if case_sensitive else re.IGNORECASE)
-        except re.error as exc:
-            raise ToolError(f"invalid regular expression: {exc}") from None
+            compiled = re2.compile(content, options)
+        except re2.error as exc:
+            reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+            raise ToolError(f"invalid regular expression: {reason} (RE2 syntax: no backreferences or lookaround)") from None
         return lambda line: compiled.search(line) is not None
     if case_sensitive:
         return lambda line: content in line

@@ -2,8 +2,11 @@
 
 Three layers keep it read-only: the file is opened with ``mode=ro`` (the sample
 lives in memory), ``PRAGMA query_only`` is on, and an authorizer refuses every
-action but reading. Queries also get a wall-clock budget (a progress handler
-interrupts them) and a cap on string/blob sizes.
+action but reading. The authorizer also admits only the reviewed SQL functions of
+`ALLOWED_FUNCTIONS`: built-ins such as ``fts3_tokenizer`` (which hands out a native
+pointer and can replace a tokenizer) or ``load_extension`` are refused by name, and so
+is anything a future SQLite adds until it is reviewed. Queries also get a wall-clock
+budget (a progress handler interrupts them) and a cap on string/blob sizes.
 """
 
 from __future__ import annotations
@@ -22,9 +25,37 @@ SAMPLE_SCRIPT = "bookstore.sql"
 
 # Pragmas that only read the schema; everything else (they can write) is refused.
 _READ_PRAGMAS = frozenset({"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list"})
-_READ_ACTIONS = frozenset(
-    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
-)
+_READ_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE})
+# Functions a query may call: pure computations on values, reviewed one by one. Not here, on
+# purpose: fts3_tokenizer (native pointers), load_extension, fts5 (pointer passing), optimize
+# and the R-tree debugging functions, sqlite_compileoption_*, sqlite_log, changes/total_changes.
+ALLOWED_FUNCTIONS = frozenset({
+    # core scalar
+    "abs", "char", "coalesce", "concat", "concat_ws", "format", "glob", "hex", "if", "ifnull", "iif", "instr",
+    "last_insert_rowid", "length", "like", "likelihood", "likely", "lower", "ltrim", "max", "min", "nullif",
+    "octet_length", "printf", "quote", "random", "randomblob", "replace", "round", "rtrim", "sign", "soundex",
+    "sqlite_version", "substr", "substring", "trim", "typeof", "unhex", "unicode", "unistr", "unlikely", "upper",
+    "zeroblob",
+    # aggregate and window
+    "avg", "count", "group_concat", "string_agg", "sum", "total", "median", "percentile", "percentile_cont",
+    "percentile_disc", "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag", "lead",
+    "first_value", "last_value", "nth_value",
+    # date and time
+    "date", "time", "datetime", "julianday", "unixepoch", "strftime", "timediff", "current_date", "current_time",
+    "current_timestamp",
+    # math
+    "acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "ceil", "ceiling", "cos", "cosh", "degrees", "exp",
+    "floor", "ln", "log", "log10", "log2", "mod", "pi", "pow", "power", "radians", "sin", "sinh", "sqrt", "tan",
+    "tanh", "trunc",
+    # JSON (json_each and json_tree are table-valued: reading them is a read, not a call)
+    "->", "->>", "json", "json_array", "json_array_length", "json_error_position", "json_extract", "json_insert",
+    "json_object", "json_patch", "json_pretty", "json_quote", "json_remove", "json_replace", "json_set", "json_type",
+    "json_valid", "json_group_array", "json_group_object", "jsonb", "jsonb_array", "jsonb_extract", "jsonb_insert",
+    "jsonb_object", "jsonb_patch", "jsonb_remove", "jsonb_replace", "jsonb_set", "jsonb_group_array",
+    "jsonb_group_object",
+    # querying a full-text table of a served file (not optimize, which rewrites its index)
+    "match", "snippet", "offsets", "matchinfo", "highlight", "bm25",
+})
 _SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_temp_master"})
 _LEADING_NOISE = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
 _MAX_BLOB_INLINE = 1024
@@ -69,6 +100,8 @@ class Rows:
 def _authorize(action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
     if action in _READ_ACTIONS:
         return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_FUNCTION:  # arg2 is the function's name
+        return sqlite3.SQLITE_OK if (arg2 or "").lower() in ALLOWED_FUNCTIONS else sqlite3.SQLITE_DENY
     if action == sqlite3.SQLITE_UPDATE and arg1 in _SCHEMA_TABLES:
         # SQLite reports its own schema loading (e.g. for pragma_table_info()) as an
         # update of sqlite_master; a real write there is still stopped by query_only.
@@ -156,6 +189,10 @@ class ReadOnlyDatabase:
         message = str(exc)
         if message == "interrupted":
             return f"the query ran longer than {self._timeout:g} s and was stopped"
+        if message.startswith("not authorized to use function: "):
+            name = message.removeprefix("not authorized to use function: ")[:64]
+            return (f"the SQL function {name!r} is not allowed here; allowed: core scalar, aggregate, window, "
+                    "date/time, math and JSON functions")
         if message == "not authorized" or "readonly database" in message:
             return "only reading is allowed: the statement tried to change, attach or load something"
         return message

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client
 
@@ -145,6 +147,27 @@ async def test_search_by_name_and_content(root: Path) -> None:
     assert len(capped["matches"]) == 2 and capped["truncated"] is True
     assert "invalid regular expression" in error_text(bad_regex)
     assert "give `name`" in error_text(nothing)
+
+
+async def test_catastrophic_regex_finishes_quickly(call_over_stdio: StdioCall, root: Path) -> None:
+    """`(a+)+$` against `aaa…b` takes exponential time in a backtracking engine (it pinned a core for good)."""
+    (root / "trap.txt").write_text("a" * 4000 + "b\n" + "a" * 40 + "b\n" + "aaa\n")
+    started = time.monotonic()
+    with anyio.fail_after(40):  # not a benchmark: without the fix the call never ends
+        result, _ = await call_over_stdio("files", "search_files", {"content": "(a+)+$", "regex": True, "name": "trap.txt"},
+                                          env={"FILES_ROOT": str(root)})
+    assert [m["line"] for m in data(result)["matches"]] == [3]
+    assert time.monotonic() - started < 30
+
+
+async def test_regex_needing_backtracking_is_a_clear_error(root: Path) -> None:
+    async with Client(build_server(root=root)) as client:
+        backreference = await client.call_tool("search_files", {"content": r"(a)\1", "regex": True})
+        lookahead = await client.call_tool("search_files", {"content": r"al(?=pha)", "regex": True})
+        insensitive = data(await client.call_tool("search_files", {"content": "^ALPHA$", "regex": True, "name": "notes.txt"}))
+    assert "invalid regular expression" in error_text(backreference) and "RE2" in error_text(backreference)
+    assert "invalid regular expression" in error_text(lookahead)
+    assert [(m["path"], m["line"]) for m in insensitive["matches"]] == [("notes.txt", 1)]
 
 
 async def test_search_never_reaches_outside(root: Path) -> None:

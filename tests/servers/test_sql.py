@@ -25,6 +25,9 @@ WRITES = [
     "WITH x AS (SELECT 1) INSERT INTO genres (name) SELECT 'x' FROM x",
     "WITH x AS (SELECT 1) UPDATE sqlite_master SET sql = ''",
     "SELECT load_extension('/tmp/evil')",
+    "SELECT readfile('/etc/passwd')",
+    "SELECT writefile('/tmp/evil', 'x')",
+    "SELECT * FROM pragma_compile_options",
     "SELECT 1; DELETE FROM books",
 ]
 
@@ -171,6 +174,50 @@ async def test_sql_errors_and_timeouts_are_tool_errors() -> None:
     assert streaming["rows"] == [[1], [2], [3]] and streaming["truncated"] is True
     assert "too big" in error_text(huge)
     assert still_fine["rows"] == [[1]]
+
+
+async def test_only_listed_functions_run() -> None:
+    """fts3_tokenizer handed out a native pointer (and its two-argument form swaps a tokenizer)."""
+    async with Client(build_server()) as client:
+        pointer = await client.call_tool("run_query", {"sql": "SELECT fts3_tokenizer('simple')"})
+        unlisted = await client.call_tool("run_query", {"sql": "SELECT sqlite_compileoption_get(0)"})
+        extension = await client.call_tool("run_query", {"sql": "SELECT load_extension('/tmp/evil.so')"})
+        allowed = data(await client.call_tool("run_query", {
+            "sql": "SELECT upper(substr(title, 1, 3)), json_extract('{\"a\": 2}', '$.a'), round(avg(price) OVER (), 1) > 0, "
+                   "strftime('%Y', '2026-01-15'), count(*) OVER (), '{\"b\": 1}' ->> 'b' FROM books LIMIT 1"}))
+        table_valued = data(await client.call_tool("run_query", {"sql": "SELECT value FROM json_each('[1, 2]')"}))
+    assert "'fts3_tokenizer' is not allowed" in error_text(pointer)
+    assert "'sqlite_compileoption_get' is not allowed" in error_text(unlisted)
+    assert "'load_extension' is not allowed" in error_text(extension)
+    assert allowed["rows"][0][1:] == [2, 1, "2026", 55, 1]
+    assert table_valued["rows"] == [[1], [2]]
+
+
+async def test_full_text_queries_on_a_served_file_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "texts.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE VIRTUAL TABLE docs USING fts4(body)")
+        conn.execute("INSERT INTO docs VALUES ('hello world'), ('other things')")
+    conn.close()
+    async with Client(build_server(db_path=path)) as client:
+        found = data(await client.call_tool("run_query", {"sql": "SELECT snippet(docs) FROM docs WHERE docs MATCH 'hello'"}))
+        pointer = await client.call_tool("run_query", {"sql": "SELECT fts3_tokenizer('simple')"})
+    assert found["rows"] == [["<b>hello</b> world"]]
+    assert "not allowed" in error_text(pointer)
+
+
+def test_every_allowed_function_is_a_known_builtin() -> None:
+    """The list names SQLite built-ins, nothing a typo or an extension could capture."""
+    import sqlite3 as sql
+
+    from mcp_hub_servers.sql.database import ALLOWED_FUNCTIONS
+
+    with sql.connect(":memory:") as conn:
+        builtins = {row[0] for row in conn.execute("SELECT name FROM pragma_function_list")}
+    conn.close()
+    assert "fts3_tokenizer" in builtins and "fts3_tokenizer" not in ALLOWED_FUNCTIONS
+    # Newer SQLite versions add some of the listed names; each listed name that exists here is a built-in.
+    assert {"count", "upper", "json_extract", "strftime"} <= ALLOWED_FUNCTIONS & builtins
 
 
 def make_user_db(path: Path) -> None:
