@@ -38,7 +38,7 @@ from .gateway import Gateway
 from .handoff import HandoffStore
 from .idempotency import IdempotencyStore
 from .keyring import Keyring
-from .metrics import HubMetrics
+from .metrics import HubMetrics, call_labels
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
 from .pinning import DatabasePins, ToolGate
 from .pool import SessionPool
@@ -368,8 +368,8 @@ class Hub:
                       commits: Commits | None = None) -> None:
         """Metrics for `results`, and their audit records (with any new server failures), committed."""
         for result in results:
-            self.metrics.tool_call(result.server_name, result.tool_name, result.duration_ms / 1000, result.error_code,
-                                   result.is_error)
+            server, tool = call_labels(servers.sessions.get(result.server_name), result.tool_name)
+            self.metrics.tool_call(server, tool, result.duration_ms / 1000, result.error_code, result.is_error)
         failed = [name for name in servers.errors if name not in servers.audited]
         servers.audited.update(failed)
         self.metrics.server_errors(servers.errors[name].code for name in failed)
@@ -377,7 +377,7 @@ class Hub:
             return
         context = context or CallContext()
         limit = self.settings.audit_result_max_bytes
-        records: list[AuditRecord] = [server_error_record(name, servers.errors[name], context) for name in failed]
+        records: list[AuditRecord] = [server_error_record(name, servers.errors[name], context, limit) for name in failed]
         records += [tool_call_record(result, servers.sessions.get(result.server_name), context, limit, self._tool_hashes)
                     for result in results]
         await self._audit.record(records, commits)

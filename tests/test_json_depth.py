@@ -19,7 +19,6 @@ from .conftest import ROOT, asgi_client, probe_entry
 from .model_fixtures import Reply, ScriptedModel
 from .test_completions import ECHO, MODEL, ask, chat_settings, stream
 
-
 DEEP = "@DEEP@"
 
 
