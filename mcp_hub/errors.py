@@ -30,7 +30,8 @@
         │                          (server_not_found, version_not_found, invalid_spec)
         ├── CredentialError        missing_credentials
         │   └── CredentialsInvalid credentials_invalid: an encrypted credential
-        │                          that cannot be decrypted or parsed
+        │                          that cannot be decrypted or parsed, or a value
+        │                          its header or env variable cannot carry (CR/LF)
         ├── ConnectError           connect_failed (spawn, handshake, network)
         ├── AuthRequired (401)     auth_required: an OAuth server needs a user
         │                          to authorize the hub first
@@ -269,17 +270,19 @@ class CredentialError(ServerError):
 
 
 class CredentialsInvalid(CredentialError):
-    """An encrypted credential (PROTOCOL.md section 4) for this server cannot be decrypted or parsed.
+    """An encrypted credential (PROTOCOL.md section 4) for this server cannot be decrypted or parsed,
+    or a credential value holds a character its header (CR, LF, other controls) or env variable (NUL)
+    cannot carry.
 
-    Names the server and connection only: never the envelope, and never anything decrypted from it.
+    Names the server and connection (and field) only: never the envelope, and never anything decrypted from it.
     """
 
     code = "credentials_invalid"
     recommendation = ("Encrypt the credential again with the key published at /.well-known/jwks.json "
                       "(the Dedalus SDK does so when `as_base_url` points at this hub).")
 
-    def __init__(self, message: str, *, server: str, connection: str) -> None:
-        super().__init__(message, server=server)
+    def __init__(self, message: str, *, server: str, connection: str, recommendation: str | None = None) -> None:
+        super().__init__(message, server=server, recommendation=recommendation)
         self.connection = connection
 
 
