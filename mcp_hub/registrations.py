@@ -268,7 +268,7 @@ class Registrations:
 
     async def register(self, body: RegistrationBody, principal: Principal) -> dict[str, Any]:
         slug = body.slug
-        if not SLUG_RE.match(slug):
+        if not SLUG_RE.fullmatch(slug):
             raise RequestError("slug must look like org/name (lowercase letters, digits, '.', '_', '-')", param="slug")
         self.authorize(principal, slug, raw_command=body.version.command is not None)
         await self.refresh()
