@@ -42,6 +42,7 @@ from .metrics import HubMetrics, call_labels
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
 from .pinning import DatabasePins, ToolGate
 from .pool import SessionPool
+from .private_files import private_dir, tighten
 from .providers import ProviderSet
 from .providers.upstream import client_session
 from .ratelimit import RateLimiter
@@ -216,8 +217,8 @@ class Hub:
 
     async def __aenter__(self) -> Hub:
         """Open every resource; a failure part-way closes what was already open."""
-        data_dir = self.settings.data_dir.resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = private_dir(self.settings.data_dir.resolve())
+        tighten(data_dir)  # what an earlier version or a wide umask left readable
         limits = httpx2.Limits(max_connections=200, max_keepalive_connections=50)
         async with AsyncExitStack() as stack:
             self._keyring = Keyring.from_settings(self.settings, data_dir / "encryption-keys").open()

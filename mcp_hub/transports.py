@@ -38,6 +38,7 @@ from .credentials import Binding
 from .egress import EgressGuard, EgressSession, pinned
 from .errors import AuthRequired, ServerError, UrlBlocked
 from .oauth import OAuthBroker
+from .private_files import append_text, private_dir
 from .resolution import Target
 from .scrubbing import Scrubber
 
@@ -193,7 +194,7 @@ async def _scrubbed_log(path: Path, scrubber: Scrubber) -> AsyncIterator[TextIO]
 
     async def pump() -> None:
         try:
-            with open(path, "a", encoding="utf-8") as log:
+            with append_text(path) as log:
                 while line := await reader.readline():
                     log.write(scrubber.text(line.decode("utf-8", "replace")))
                     log.flush()
@@ -309,12 +310,12 @@ class Opener:
         version = target.version
         async with AsyncExitStack() as stack:
             if version.kind == "stdio":
-                self.logs_dir.mkdir(parents=True, exist_ok=True)
+                private_dir(self.logs_dir)
                 scrubber = Scrubber(binding.secrets())
                 if scrubber:  # a server may print its credential: its stderr passes through a scrubber
                     errlog = await stack.enter_async_context(_scrubbed_log(self.log_path(target), scrubber))
                 else:
-                    errlog = stack.enter_context(open(self.log_path(target), "a", encoding="utf-8"))  # noqa: SIM115
+                    errlog = stack.enter_context(append_text(self.log_path(target)))
                 transport: Any = stdio_client(self.stdio_params(target, binding), errlog=errlog)
             else:
                 assert version.url is not None
