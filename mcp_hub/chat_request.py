@@ -53,7 +53,9 @@ SERVER_SCHEMA = {"anyOf": [
 CREDENTIAL_SCHEMA = {
     "type": "object", "required": ["connection_name", "values"], "additionalProperties": False,
     "properties": {"connection_name": {"type": "string"},
-                   "values": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}},
+                   "values": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
+                   "server": {"type": "string", "description": "the slug or instance name this credential is for "
+                              "(needed only when servers of different owners declare the same connection name)"}},
 }
 Message = Annotated[dict[str, Any], WithJsonSchema(MESSAGE_SCHEMA)]
 FunctionTool = Annotated[dict[str, Any], WithJsonSchema(TOOL_SCHEMA)]

@@ -27,12 +27,15 @@ _PLACEHOLDER = re.compile(r"{(\w+)}")
 
 
 class Credential(BaseModel):
-    """`{connection_name, values}` as a request sends it."""
+    """`{connection_name, values, server?}` as a request sends it; `server` (a slug or an instance
+    name, optional) says which server it is for when servers of different owners in one request
+    declare the same connection name (`mcp_hub.connection_claims`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connection_name: str
     values: dict[str, SecretStr]
+    server: str | None = None
 
     @field_validator("values", mode="before")
     @classmethod

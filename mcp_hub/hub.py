@@ -27,12 +27,13 @@ from .apikeys import KeyStore
 from .audit import AuditRecord, AuditTrail, Commits, server_error_record, tool_call_record
 from .audit.record import ToolHashes
 from .catalog import CatalogCache
+from .connection_claims import scope
 from .credentials import Credential, bind
 from .database import Database, records_database
 from .deferred import DeferredCompletions
 from .egress import EgressGuard
 from .envelopes import unseal
-from .errors import NotFound, RequestError, ServerError
+from .errors import CredentialError, NotFound, RequestError, ServerError
 from .executor import Batch, CallContext, Executor, ToolCall, ToolResult
 from .gateway import Gateway
 from .handoff import HandoffStore
@@ -69,11 +70,12 @@ def parse_credentials(value: Any, param: str = "credentials") -> list[Credential
         first = exc.errors()[0]
         # Name only list positions and the model's own fields: a key the caller wrote (a value's
         # name, a stray field) may itself be a secret pasted in the wrong place.
-        known = {"connection_name", "values"}
+        known = {"connection_name", "values", "server"}
         where = ".".join(str(part) for part in first["loc"] if isinstance(part, int) or part in known)
         kind = "an unexpected field" if first["type"] == "extra_forbidden" else first["msg"].lower()
         raise RequestError(f"invalid credentials at {where or 'top level'}: {kind}; each credential is "
-                           "{\"connection_name\": str, \"values\": {field: str | int | bool}}", param=param) from None
+                           "{\"connection_name\": str, \"values\": {field: str | int | bool}, \"server\"?: str}",
+                           param=param) from None
     return parsed if isinstance(parsed, list) else [parsed]
 
 
@@ -287,12 +289,17 @@ class Hub:
         """Resolve `mcp_servers`, bind credentials, and get (or start) a session for each."""
         targets, errors = resolve(mcp_servers, self.registry)
         servers = Servers(errors=dict(errors))
+        scoped = scope(targets, credentials, self.registry)  # colliding connection names of different owners
         for target in targets:
+            mine = scoped.credentials[target.name]
             try:
                 unsealed = unseal(target, self.keyring)  # this server's own encrypted credentials
-                binding = unsealed.apply(bind(target.entry, target.name, [*credentials, *unsealed.credentials]))
+                try:
+                    binding = unsealed.apply(bind(target.entry, target.name, [*mine, *unsealed.credentials]))
+                except CredentialError as exc:
+                    raise scoped.explain(exc) from None
                 if self._oauth is not None:
-                    binding = self._oauth.prepare(tenant, target, binding, credentials)
+                    binding = self._oauth.prepare(tenant, target, binding, mine)
                 if target.version.url is not None:  # what needs no DNS fails here; the opener checks the rest
                     self.egress.precheck(target.name, target.version.url,
                                          credentials=sends_credentials(target, binding))

@@ -28,6 +28,7 @@ import mcp.types as types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .apikeys import Principal
+from .connection_claims import check_new_connections
 from .credentials import Credential, bind
 from .database import Database, Migration
 from .errors import Conflict, CredentialError, Forbidden, NotFound, RequestError, ServerError, Unprocessable
@@ -277,6 +278,7 @@ class Registrations:
             raise Conflict(f"{slug} is already {where}; add versions with POST /v1/servers/{slug}/versions", param="slug")
         key = _check_version(body.version.version)
         entry = _entry(slug, body.description, body.tags, body.connections, body.limits, {key: body.version.spec()})
+        check_new_connections(self._hub.registry, entry)
         pinned = await self._list_and_pin(entry, key, body.credentials, principal, new_server=True)
         return {"slug": slug, "version": key, **pinned}
 
