@@ -26,8 +26,9 @@ def private_dir(path: Path) -> Path:
 
 def private_file(path: Path) -> Path:
     """`path` created empty if absent, and made 0600 (SQLite gives its -wal and -shm files the
-    mode of the database file, so creating the database this way covers them too)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+    mode of the database file, so creating the database this way covers them too). A symbolic
+    link is followed: an operator may keep the database on another volume."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)
     finally:
@@ -36,7 +37,8 @@ def private_file(path: Path) -> Path:
 
 
 def append_text(path: Path) -> TextIO:
-    """`path` opened to append UTF-8 text, created 0600."""
+    """`path` opened to append UTF-8 text, created 0600; never through a symbolic link (a log's
+    folder is one a hosted server might write to)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)
@@ -60,5 +62,5 @@ def tighten(folder: Path) -> None:
                 info = os.lstat(path)
                 if not stat.S_ISLNK(info.st_mode) and info.st_mode & 0o077:
                     os.chmod(path, stat.S_IMODE(info.st_mode) & ~0o077)
-            except FileNotFoundError:  # removed while we walked
+            except (FileNotFoundError, PermissionError):  # removed while we walked; another user's file
                 continue
