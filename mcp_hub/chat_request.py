@@ -54,7 +54,7 @@ CREDENTIAL_SCHEMA = {
     "type": "object", "required": ["connection_name", "values"], "additionalProperties": False,
     "properties": {"connection_name": {"type": "string"},
                    "values": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
-                   "server": {"type": "string", "description": "the slug or instance name this credential is for "
+                   "server": {"type": ["string", "null"], "description": "the slug or instance name this credential is for "
                               "(needed only when servers of different owners declare the same connection name)"}},
 }
 Message = Annotated[dict[str, Any], WithJsonSchema(MESSAGE_SCHEMA)]
