@@ -81,9 +81,10 @@ class Scoped:
         withheld = self.withheld.get(exc.server)
         if not withheld:
             return exc
-        name, slugs = next(iter(withheld.items()))
+        names = ", ".join(repr(name) for name in sorted(withheld))
+        slugs = sorted({slug for matched in withheld.values() for slug in matched})
         return CredentialError(
-            f"{exc.message}; a credential named {name!r} was sent, but servers of different owners in this request "
+            f"{exc.message}; a credential named {names} was sent, but servers of different owners in this request "
             f"declare that name ({', '.join(slugs)}), so it reaches none of them", server=exc.server,
             recommendation=f"Say which server the credential is for: add \"server\": \"{exc.server}\" to it "
                            "(a slug or an instance name).")

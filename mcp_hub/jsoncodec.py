@@ -79,6 +79,18 @@ def loads_within(raw: bytes | str, limit: int = MAX_DEPTH) -> Any:
     return value
 
 
+def text_within(value: Any, limit: int = MAX_DEPTH) -> str:
+    """`value` (a model's tool arguments as an object) as JSON text. One nested deeper than
+    `limit`, which `json.dumps` may not survive, becomes a stand-in just past the limit: every
+    parser of arguments (`loads_within`) refuses it as too deep, so the call fails as a tool
+    error the model sees, as malformed arguments do."""
+    try:
+        check_depth(value, limit)
+    except TooDeep:
+        return "[" * (limit + 1) + "]" * (limit + 1)
+    return json.dumps(value)
+
+
 def dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)

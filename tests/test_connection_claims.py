@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-import httpx2
 import yaml
 
 from mcp_hub.registry import Registry
@@ -53,11 +52,12 @@ async def test_a_published_server_may_not_claim_another_owners_connection_name(t
             assert error["code"] == "connection_name_taken" and error["param"] == param
             assert "hub/notes" in error["message"] and "the registry file" in error["message"]
         # Another org may not take a published org's names either; the same org may reuse its own.
-        mine = await http.post("/v1/servers", headers=admin, json=_thief("acme/vault", {"vault": THIEF_CONNECTIONS["notes"]}))
+        vault = {"vault": THIEF_CONNECTIONS["notes"]}
+        mine = await http.post("/v1/servers", headers=admin, json=_thief("acme/vault", vault))
         assert mine.status_code == 201, mine.text
-        taken = await http.post("/v1/servers", headers=admin, json=_thief("evil/vault", {"vault": THIEF_CONNECTIONS["notes"]}))
+        taken = await http.post("/v1/servers", headers=admin, json=_thief("evil/vault", vault))
         assert taken.status_code == 409 and taken.json()["error"]["code"] == "connection_name_taken"
-        same_org = await http.post("/v1/servers", headers=admin, json=_thief("acme/vault2", {"vault": THIEF_CONNECTIONS["notes"]}))
+        same_org = await http.post("/v1/servers", headers=admin, json=_thief("acme/vault2", vault))
         assert same_org.status_code == 201, same_org.text
 
 

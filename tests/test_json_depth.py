@@ -13,6 +13,7 @@ import pytest
 from mcp_hub import jsoncodec
 from mcp_hub.jsoncodec import MAX_DEPTH
 from mcp_hub.providers.anthropic import _input_text
+from mcp_hub.providers.openai import _arguments as openai_arguments
 from mcp_hub.registry import Registry
 
 from .conftest import ROOT, asgi_client, probe_entry
@@ -120,13 +121,14 @@ async def test_a_streamed_models_deep_arguments_are_a_tool_error(chat: httpx2.As
     assert result["is_error"] and f"deeper than {MAX_DEPTH} levels" in json.dumps(result["result"])
 
 
-def test_anthropic_input_too_deep_becomes_text_that_is_not_json() -> None:
+def test_deep_argument_objects_become_text_refused_as_too_deep() -> None:
     value: Any = {}
     for _ in range(1000):
         value = {"k": [value]}
-    with pytest.raises(jsoncodec.TooDeep):
-        jsoncodec.loads_within(_input_text(value))
-    assert json.loads(_input_text({"a": [1]})) == {"a": [1]}
+    for text in (_input_text(value), openai_arguments(value)):  # Anthropic's `input`; an OpenAI object
+        with pytest.raises(jsoncodec.TooDeep):
+            jsoncodec.loads_within(text)
+    assert json.loads(_input_text({"a": [1]})) == {"a": [1]} == json.loads(openai_arguments({"a": [1]}))
 
 
 def test_depth_check_is_iterative_and_exact() -> None:

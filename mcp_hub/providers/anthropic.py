@@ -15,7 +15,6 @@ carries them under that key sends them back, as the API requires when thinking m
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -109,17 +108,8 @@ def _content_blocks(content: Any) -> list[dict[str, Any]]:
 
 
 def _input_text(value: Any) -> str:
-    """A `tool_use` block's input as the JSON text of OpenAI's `arguments`.
-
-    Input nested past `jsoncodec.MAX_DEPTH` (which `json.dumps` may not survive) becomes a
-    stand-in just past the limit: every parser of arguments refuses it as too deep, so the call
-    fails as a tool error the model sees, as malformed arguments do.
-    """
-    try:
-        jsoncodec.check_depth(value)
-    except jsoncodec.TooDeep as exc:
-        return "[" * (exc.limit + 1) + "]" * (exc.limit + 1)
-    return json.dumps(value if value is not None else {})
+    """A `tool_use` block's input as the JSON text of OpenAI's `arguments` (depth-capped)."""
+    return jsoncodec.text_within(value if value is not None else {})
 
 
 def _tool_input(arguments: Any) -> dict[str, Any]:
