@@ -4,10 +4,12 @@
 
     HubError                       base; carries an HTTP status and an error `code`
     ├── ConfigError                bad settings or registry file (start-up only)
-    ├── RequestError (400)         the caller's input is malformed
+    ├── RequestError (400)         the caller's input is malformed (invalid_json;
+    │   │                          json_too_deep: nested past jsoncodec.MAX_DEPTH)
     │   ├── NotFound (404)         a route object (server, record) does not exist
     │   ├── Forbidden (403)        forbidden: the caller's key lacks the role
-    │   ├── Conflict (409)         conflict: it exists already (a slug, an immutable version)
+    │   ├── Conflict (409)         conflict: it exists already (a slug, an immutable version);
+    │   │                          connection_name_taken: another owner's server claims it
     │   ├── Unprocessable (422)    well-formed, but cannot be done (a server to register is unreachable)
     │   ├── TooLarge (413)         the request body is over the limit
     │   ├── IdempotencyConflict (422) an Idempotency-Key reused for another body
