@@ -35,9 +35,9 @@ def _trail(request: Request) -> AuditTrail:
 
 def _time(value: str, param: str) -> int:
     """RFC 3339 (`2026-11-26T12:00:00Z`) or epoch seconds (`1764158400.5`), as microseconds."""
-    if EPOCH.match(value):
+    if EPOCH.fullmatch(value):
         seconds = float(value)
-    elif found := RFC3339.match(value):
+    elif found := RFC3339.fullmatch(value):
         date, hours, minutes, second, fraction, zone = found.groups()
         second = min(int(second), 59)  # a leap second counts as the one before
         zone = "+00:00" if zone in ("Z", "z") else zone

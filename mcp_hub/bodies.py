@@ -33,7 +33,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def decode_json(raw: bytes) -> Any:
     try:
-        return jsoncodec.loads(raw)  # strict: NaN and Infinity are not JSON
+        return jsoncodec.loads_within(raw)  # strict: NaN and Infinity are not JSON; depth-capped
+    except jsoncodec.TooDeep as exc:
+        param = None if exc.where is None else str(exc.where)
+        raise RequestError(f"request body is nested deeper than {exc.limit} levels" + (f" (in `{param}`)" if param else ""),
+                           code="json_too_deep", param=param) from None
     except (ValueError, UnicodeDecodeError):
         raise RequestError("request body is not valid JSON", code="invalid_json") from None
 

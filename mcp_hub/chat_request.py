@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, WithJsonSchema, field_validator
 
 from .errors import RequestError
+from .registry import SLUG_PATTERN
 
 # Fields the hub itself consumes; everything else reaches the provider.
 HUB_FIELDS = frozenset({
@@ -23,7 +24,7 @@ HUB_FIELDS = frozenset({
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 # JSON Schemas for the OpenAPI document: what the validators below accept, said precisely.
-SLUG = r"[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*"
+SLUG = SLUG_PATTERN
 SLUG_OR_URL = rf"^(https?://\S+|{SLUG}(@\S+)?)$"
 MESSAGE_SCHEMA = {
     "type": "object",
@@ -52,7 +53,9 @@ SERVER_SCHEMA = {"anyOf": [
 CREDENTIAL_SCHEMA = {
     "type": "object", "required": ["connection_name", "values"], "additionalProperties": False,
     "properties": {"connection_name": {"type": "string"},
-                   "values": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}},
+                   "values": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
+                   "server": {"type": ["string", "null"], "description": "the slug or instance name this credential is for "
+                              "(needed only when servers of different owners declare the same connection name)"}},
 }
 Message = Annotated[dict[str, Any], WithJsonSchema(MESSAGE_SCHEMA)]
 FunctionTool = Annotated[dict[str, Any], WithJsonSchema(TOOL_SCHEMA)]

@@ -19,6 +19,7 @@ from typing import TextIO
 
 import anyio
 
+from .private_files import append_text
 from .scrubbing import Scrubber, TextStream
 
 CHUNK = 64 * 1024
@@ -30,7 +31,7 @@ class RotatingLog:
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        self._file = append_text(path)  # closed by close()
         self._size = self._file.tell()
 
     def write(self, text: str) -> None:
@@ -50,7 +51,7 @@ class RotatingLog:
     def _rotate(self) -> None:
         self._file.close()
         os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._file = append_text(self.path)
         self._size = 0
 
     def close(self) -> None:

@@ -3,16 +3,16 @@ the assistant messages that orphaned tool results need."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from . import jsoncodec
 from .providers.base import ToolCallOut
 
 
 def arguments_or_text(raw: str) -> Any:
     """A tool call's JSON arguments as a value; the raw text when it is not JSON."""
     try:
-        return json.loads(raw) if raw else {}
+        return jsoncodec.loads_within(raw) if raw else {}
     except ValueError:
         return raw
 

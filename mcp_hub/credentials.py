@@ -15,17 +15,27 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
-from .errors import CredentialError
+from .errors import CredentialError, CredentialsInvalid
 from .registry import Connection, Entry
+
+# What an HTTP header value cannot carry (RFC 9110: no CR, LF, NUL or other controls; tab is
+# allowed), and what an environment variable cannot (NUL). Refused before anything is sent, so
+# that the value never reaches a transport's error message.
+_HEADER_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_NUL = re.compile(r"\x00")
+_PLACEHOLDER = re.compile(r"{(\w+)}")
 
 
 class Credential(BaseModel):
-    """`{connection_name, values}` as a request sends it."""
+    """`{connection_name, values, server?}` as a request sends it; `server` (a slug or an instance
+    name, optional) says which server it is for when servers of different owners in one request
+    declare the same connection name (`mcp_hub.connection_claims`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connection_name: str
     values: dict[str, SecretStr]
+    server: str | None = None
 
     @field_validator("values", mode="before")
     @classmethod
@@ -59,7 +69,24 @@ class Binding:
 
 
 def _render(template: str, values: Mapping[str, SecretStr]) -> str:
-    return re.sub(r"{(\w+)}", lambda m: values[m.group(1)].get_secret_value(), template)
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)].get_secret_value(), template)
+
+
+def _check_deliverable(server_name: str, name: str, connection: Connection, cred: Credential) -> None:
+    """Raise `CredentialsInvalid` (naming the server, connection and field, never the value) when a
+    value holds a character its destination cannot carry: a control character in a header, NUL in env."""
+    for templates, bad, what in ((connection.headers, _HEADER_CONTROLS, "a control character (CR, LF, NUL, ...), "
+                                  "which an HTTP header cannot carry"),
+                                 (connection.env, _NUL, "a NUL character, which an environment "
+                                  "variable cannot carry")):
+        for template in templates.values():
+            for field_name in _PLACEHOLDER.findall(template):
+                value = cred.values.get(field_name)
+                if value is not None and bad.search(value.get_secret_value()):
+                    raise CredentialsInvalid(
+                        f"credential {name!r} for server {server_name!r}: field {field_name!r} holds {what}",
+                        server=server_name, connection=name,
+                        recommendation=f"Send the {field_name!r} value of connection {name!r} without control characters.")
 
 
 def bind(entry: Entry | None, server_name: str, credentials: Iterable[Credential]) -> Binding:
@@ -82,6 +109,7 @@ def bind(entry: Entry | None, server_name: str, credentials: Iterable[Credential
                     recommendation=f"Send credentials {example}.",
                 )
             continue
+        _check_deliverable(server_name, name, connection, cred)
         env |= {key: _render(tpl, cred.values) for key, tpl in connection.env.items()}
         headers |= {key: _render(tpl, cred.values) for key, tpl in connection.headers.items()}
         for key in sorted(cred.values):

@@ -57,6 +57,7 @@ import anyio
 import anyio.to_thread
 
 from .errors import ConfigError
+from .private_files import DIR_MODE, private_file
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -337,12 +338,13 @@ class SQLiteDatabase:
         self._reader: _SQLiteConnection | None = None
 
     async def __aenter__(self) -> SQLiteDatabase:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)  # the data folder, when new
+            private_file(self.path)  # before SQLite creates it with the umask's mode
             self._writer = await anyio.to_thread.run_sync(
                 lambda: _SQLiteConnection(self.path, self.synchronous, busy_ms=0, autocheckpoint=not self.inline))
             self._reader = await anyio.to_thread.run_sync(_SQLiteConnection, self.path, self.synchronous)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             await self.__aexit__(None, None, None)
             raise ConfigError(f"cannot open the records database {self.path}: {exc}") from None
         return self

@@ -141,7 +141,7 @@ def open_envelope(envelope: Any, keys: list[HubKey], *, server: str, connection:
         return CredentialsInvalid(f"the encrypted credential {connection!r} for server {server!r} {why}",
                                   server=server, connection=connection)
 
-    if not isinstance(envelope, str) or not 0 < len(envelope) <= MAX_ENVELOPE_CHARS or not _B64URL.match(envelope):
+    if not isinstance(envelope, str) or not 0 < len(envelope) <= MAX_ENVELOPE_CHARS or not _B64URL.fullmatch(envelope):
         raise invalid(f"is not a base64url envelope of at most {MAX_ENVELOPE_CHARS} characters")
     try:
         raw = base64.urlsafe_b64decode(envelope + "=" * (-len(envelope) % 4))

@@ -4,10 +4,12 @@
 
     HubError                       base; carries an HTTP status and an error `code`
     ├── ConfigError                bad settings or registry file (start-up only)
-    ├── RequestError (400)         the caller's input is malformed
+    ├── RequestError (400)         the caller's input is malformed (invalid_json;
+    │   │                          json_too_deep: nested past jsoncodec.MAX_DEPTH)
     │   ├── NotFound (404)         a route object (server, record) does not exist
     │   ├── Forbidden (403)        forbidden: the caller's key lacks the role
-    │   ├── Conflict (409)         conflict: it exists already (a slug, an immutable version)
+    │   ├── Conflict (409)         conflict: it exists already (a slug, an immutable version);
+    │   │                          connection_name_taken: another owner's server claims it
     │   ├── Unprocessable (422)    well-formed, but cannot be done (a server to register is unreachable)
     │   │   └── EnvNotAllowed (422) env_not_allowed: a version or connection sets an environment
     │   │                          variable that changes how a runtime or loader behaves
@@ -32,7 +34,8 @@
         │                          (server_not_found, version_not_found, invalid_spec)
         ├── CredentialError        missing_credentials
         │   └── CredentialsInvalid credentials_invalid: an encrypted credential
-        │                          that cannot be decrypted or parsed
+        │                          that cannot be decrypted or parsed, or a value
+        │                          its header or env variable cannot carry (CR/LF)
         ├── ConnectError           connect_failed (spawn, handshake, network)
         ├── PackageInstallFailed   package_install_failed: npm/pip could not install
         │                          a hosted version's package (its last stderr lines)
@@ -287,17 +290,19 @@ class CredentialError(ServerError):
 
 
 class CredentialsInvalid(CredentialError):
-    """An encrypted credential (PROTOCOL.md section 4) for this server cannot be decrypted or parsed.
+    """An encrypted credential (PROTOCOL.md section 4) for this server cannot be decrypted or parsed,
+    or a credential value holds a character its header (CR, LF, other controls) or env variable (NUL)
+    cannot carry.
 
-    Names the server and connection only: never the envelope, and never anything decrypted from it.
+    Names the server and connection (and field) only: never the envelope, and never anything decrypted from it.
     """
 
     code = "credentials_invalid"
     recommendation = ("Encrypt the credential again with the key published at /.well-known/jwks.json "
                       "(the Dedalus SDK does so when `as_base_url` points at this hub).")
 
-    def __init__(self, message: str, *, server: str, connection: str) -> None:
-        super().__init__(message, server=server)
+    def __init__(self, message: str, *, server: str, connection: str, recommendation: str | None = None) -> None:
+        super().__init__(message, server=server, recommendation=recommendation)
         self.connection = connection
 
 

@@ -11,7 +11,6 @@ declares itself read-only or idempotent.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -99,10 +98,11 @@ def _parse_arguments(arguments: dict[str, Any] | str | None) -> dict[str, Any]:
     if arguments is None or arguments == "":
         return {}
     if isinstance(arguments, str):
-        parsed = json.loads(arguments)
+        parsed = jsoncodec.loads_within(arguments)  # a model's text: strict JSON, depth-capped
         if not isinstance(parsed, dict):
             raise ValueError("tool arguments must be a JSON object")
         return parsed
+    jsoncodec.check_depth(arguments)  # filled-in `$ref` values come from tool results
     return arguments
 
 

@@ -40,7 +40,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from . import __version__
+from . import __version__, jsoncodec
 from .apikeys import ANONYMOUS, Principal
 from .credentials import Credential
 from .errors import CredentialError, RequestError, ResolutionError, ServerError
@@ -83,8 +83,8 @@ def _header_json(request: Request, header: str) -> Any:
     if raw is None:
         return None
     try:
-        return json.loads(raw)
-    except ValueError:
+        return jsoncodec.loads_within(raw)
+    except ValueError:  # not JSON, or nested too deep
         raise RequestError(f"the {header} header is not JSON", param=header) from None
 
 

@@ -28,23 +28,25 @@ from .apikeys import KeyStore
 from .audit import AuditRecord, AuditTrail, Commits, server_error_record, tool_call_record
 from .audit.record import ToolHashes
 from .catalog import CatalogCache
+from .connection_claims import scope
 from .credentials import Credential, bind
 from .database import Database, records_database
 from .deferred import DeferredCompletions
 from .egress import EgressGuard
 from .egress_proxy import EgressProxy
 from .envelopes import unseal
-from .errors import NotFound, RequestError, ServerError
+from .errors import CredentialError, NotFound, RequestError, ServerError
 from .executor import Batch, CallContext, Executor, ToolCall, ToolResult
 from .gateway import Gateway
 from .handoff import HandoffStore
 from .idempotency import IdempotencyStore
 from .installer import PackageStore
 from .keyring import Keyring
-from .metrics import HubMetrics
+from .metrics import HubMetrics, call_labels
 from .oauth import ClientIdentity, OAuthBroker, UserAgent
 from .pinning import DatabasePins, ToolGate
 from .pool import SessionPool
+from .private_files import private_dir, tighten
 from .providers import ProviderSet
 from .providers.upstream import client_session
 from .ratelimit import RateLimiter
@@ -72,11 +74,12 @@ def parse_credentials(value: Any, param: str = "credentials") -> list[Credential
         first = exc.errors()[0]
         # Name only list positions and the model's own fields: a key the caller wrote (a value's
         # name, a stray field) may itself be a secret pasted in the wrong place.
-        known = {"connection_name", "values"}
+        known = {"connection_name", "values", "server"}
         where = ".".join(str(part) for part in first["loc"] if isinstance(part, int) or part in known)
         kind = "an unexpected field" if first["type"] == "extra_forbidden" else first["msg"].lower()
         raise RequestError(f"invalid credentials at {where or 'top level'}: {kind}; each credential is "
-                           "{\"connection_name\": str, \"values\": {field: str | int | bool}}", param=param) from None
+                           "{\"connection_name\": str, \"values\": {field: str | int | bool}, \"server\"?: str}",
+                           param=param) from None
     return parsed if isinstance(parsed, list) else [parsed]
 
 
@@ -222,8 +225,8 @@ class Hub:
 
     async def __aenter__(self) -> Hub:
         """Open every resource; a failure part-way closes what was already open."""
-        data_dir = self.settings.data_dir.resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = private_dir(self.settings.data_dir.resolve())
+        tighten(data_dir)  # what an earlier version or a wide umask left readable
         limits = httpx2.Limits(max_connections=200, max_keepalive_connections=50)
         async with AsyncExitStack() as stack:
             self._keyring = Keyring.from_settings(self.settings, data_dir / "encryption-keys").open()
@@ -306,12 +309,17 @@ class Hub:
         """Resolve `mcp_servers`, bind credentials, and get (or start) a session for each."""
         targets, errors = resolve(mcp_servers, self.registry)
         servers = Servers(errors=dict(errors))
+        scoped = scope(targets, credentials, self.registry)  # colliding connection names of different owners
         for target in targets:
+            mine = scoped.credentials[target.name]
             try:
                 unsealed = unseal(target, self.keyring)  # this server's own encrypted credentials
-                binding = unsealed.apply(bind(target.entry, target.name, [*credentials, *unsealed.credentials]))
+                try:
+                    binding = unsealed.apply(bind(target.entry, target.name, [*mine, *unsealed.credentials]))
+                except CredentialError as exc:
+                    raise scoped.explain(exc) from None
                 if self._oauth is not None:
-                    binding = self._oauth.prepare(tenant, target, binding, credentials)
+                    binding = self._oauth.prepare(tenant, target, binding, mine)
                 if target.version.url is not None:  # what needs no DNS fails here; the opener checks the rest
                     self.egress.precheck(target.name, target.version.url,
                                          credentials=sends_credentials(target, binding))
@@ -388,8 +396,8 @@ class Hub:
                       commits: Commits | None = None) -> None:
         """Metrics for `results`, and their audit records (with any new server failures), committed."""
         for result in results:
-            self.metrics.tool_call(result.server_name, result.tool_name, result.duration_ms / 1000, result.error_code,
-                                   result.is_error)
+            server, tool = call_labels(servers.sessions.get(result.server_name), result.tool_name)
+            self.metrics.tool_call(server, tool, result.duration_ms / 1000, result.error_code, result.is_error)
         failed = [name for name in servers.errors if name not in servers.audited]
         servers.audited.update(failed)
         self.metrics.server_errors(servers.errors[name].code for name in failed)
@@ -397,7 +405,7 @@ class Hub:
             return
         context = context or CallContext()
         limit = self.settings.audit_result_max_bytes
-        records: list[AuditRecord] = [server_error_record(name, servers.errors[name], context) for name in failed]
+        records: list[AuditRecord] = [server_error_record(name, servers.errors[name], context, limit) for name in failed]
         records += [tool_call_record(result, servers.sessions.get(result.server_name), context, limit, self._tool_hashes)
                     for result in results]
         await self._audit.record(records, commits)

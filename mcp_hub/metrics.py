@@ -1,18 +1,41 @@
 """Operational metrics in the Prometheus format (`GET /metrics`), one registry per Hub.
 
 Labels are names only (route templates, server and tool names, error codes, provider
-prefixes): never an argument, a result, a credential or a raw path.
+prefixes): never an argument, a result, a credential or a raw path. And every label comes
+from a bounded set the caller cannot grow: a server is its registry slug (file or
+published), `url` for an ad-hoc URL server and `other` for anything else, never the
+caller's instance name or URL; a tool is a name its registry server lists, else `other`;
+an HTTP method is a standard one, else `other`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+if TYPE_CHECKING:
+    from .sessions import ManagedSession
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OTHER, URL = "other", "url"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+MAX_LABEL = 128  # a longer slug or tool name is `other`
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def call_labels(session: ManagedSession | None, tool: str) -> tuple[str, str]:
+    """The (server, tool) labels of one tool call; see the module docstring."""
+    if session is None:
+        return OTHER, OTHER
+    entry = session.target.entry
+    if entry is None:
+        return URL, OTHER  # an ad-hoc server's tool names are its own to choose
+    server = entry.slug if len(entry.slug) <= MAX_LABEL else OTHER
+    listed = session.cached_tools() or ()
+    known = len(tool) <= MAX_LABEL and any(listed_tool.name == tool for listed_tool in listed)
+    return server, tool if known else OTHER
 
 
 class HubMetrics:
@@ -57,6 +80,7 @@ class HubMetrics:
         return child
 
     def request(self, route: str, method: str, status: int, seconds: float, code: str | None = None) -> None:
+        method = method if method in METHODS else OTHER
         self._labelled(self.requests, route, method, str(status)).inc()
         self._labelled(self.request_seconds, route, method, str(status)).observe(seconds)
         if status >= 400:

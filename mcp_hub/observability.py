@@ -63,7 +63,7 @@ class Observability:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _SANE_ID.match(given) else f"req_{uuid.uuid4().hex}"
+        request_id = given if _SANE_ID.fullmatch(given) else f"req_{uuid.uuid4().hex}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         token = REQUEST_ID.set(request_id)

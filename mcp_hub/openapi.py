@@ -30,6 +30,7 @@ from .api_models import (
     ToolRecord,
 )
 from .chat_request import ChatCompletionRequest, ModelChoice
+from .registry import SLUG_PATTERN
 
 _REF = "#/components/schemas/{model}"
 
@@ -186,7 +187,7 @@ def _object(description: str, required: list[str] | None = None) -> dict[str, An
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_SLUG = r"[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*"
+_SLUG = SLUG_PATTERN
 
 
 def _exact(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:

@@ -14,9 +14,10 @@ result (its `tool` message content, parsed as JSON when it is JSON, else the tex
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from . import jsoncodec
 
 REF = "$ref"
 
@@ -89,7 +90,7 @@ def client_value(content: Any) -> Any:
     if not isinstance(content, str):
         return content
     try:
-        return json.loads(content)
+        return jsoncodec.loads_within(content)
     except ValueError:
         return content
 
@@ -97,7 +98,7 @@ def client_value(content: Any) -> Any:
 def arguments_object(raw: str) -> Any:
     """A tool call's JSON arguments as an object; the raw text when it is not JSON."""
     try:
-        return json.loads(raw) if raw else {}
+        return jsoncodec.loads_within(raw) if raw else {}
     except ValueError:
         return raw
 

@@ -30,6 +30,7 @@ import mcp.types as types
 from pydantic import BaseModel, ConfigDict
 
 from .apikeys import Principal
+from .connection_claims import check_new_connections
 from .credentials import Credential, bind
 from .envpolicy import env_problems
 from .errors import (
@@ -180,7 +181,7 @@ class Registrations:
 
     async def register(self, body: RegistrationBody, principal: Principal) -> dict[str, Any]:
         slug = body.slug
-        if not SLUG_RE.match(slug):
+        if not SLUG_RE.fullmatch(slug):
             raise RequestError("slug must look like org/name (lowercase letters, digits, '.', '_', '-')", param="slug")
         self.authorize(principal, slug, raw_command=body.version.command is not None)
         await self.refresh()
@@ -190,6 +191,7 @@ class Registrations:
         key = _check_version(body.version.version)
         entry = build_entry(slug, body.description, body.tags, body.connections, body.limits, {key: body.version.spec()})
         _check_env(entry, key, connections=True)
+        check_new_connections(self._hub.registry, entry)
         pinned = await self._list_and_pin(entry, key, body.credentials, principal, new_server=True)
         return {"slug": slug, "version": key, **pinned}
 

@@ -23,7 +23,10 @@ from .envpolicy import env_problems
 from .errors import ConfigError
 from .packages import Package
 
-SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*$")
+# The one slug pattern: `SLUG_RE.fullmatch` in Python (`$` would let a trailing newline through);
+# anchored `^...$` in the OpenAPI document's JSON Schemas, where `$` is the end of the text.
+SLUG_PATTERN = r"[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*"
+SLUG_RE = re.compile(SLUG_PATTERN)
 Transport = Literal["stdio", "streamable-http", "sse"]
 Protocol = Literal["legacy", "auto", "2025-11-25", "2026-07-28"]
 
@@ -162,6 +165,8 @@ def guess_transport(url: str) -> Transport:
 
 def parse_version(text: str) -> semantic_version.Version:
     """Parse `1.2.3` or `v1.2.3`; raise ValueError otherwise."""
+    if text != text.strip():  # semantic_version's pattern ends in `$`, which lets "1.2.3\n" through
+        raise ValueError(f"{text!r} is not a version: surrounding whitespace")
     return semantic_version.Version(text[1:] if text[:1] in ("v", "V") else text)
 
 
@@ -181,7 +186,7 @@ class Entry(_Model):
     @field_validator("slug")
     @classmethod
     def _valid_slug(cls, value: str) -> str:
-        if not SLUG_RE.match(value):
+        if not SLUG_RE.fullmatch(value):
             raise ValueError("slug must look like org/name (lowercase letters, digits, '.', '_', '-')")
         return value
 

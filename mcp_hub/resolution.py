@@ -101,7 +101,7 @@ def resolve_one(spec: ServerSpec, registry: Registry) -> Target:
     if not slug:
         raise ResolutionError("a server spec needs `slug` or `url`", server=name or "?", code="invalid_spec",
                               recommendation="Give a registry slug like \"org/name\" or an MCP server URL.")
-    if not SLUG_RE.match(slug):
+    if not SLUG_RE.fullmatch(slug):
         raise ResolutionError(f"{slug!r} is neither a slug (org/name) nor an http(s) URL", server=name, code="invalid_spec",
                               recommendation=_did_you_mean(registry, slug) or "Use org/name, org/name@version, or a URL.")
     entry = registry.get(slug)

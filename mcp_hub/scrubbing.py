@@ -4,24 +4,37 @@ A `Scrubber` knows the secret values of one session or one request (credential v
 as sent, and as rendered into headers and environment variables) and replaces every
 occurrence with `[REDACTED]`: in tool results (a server may echo a secret back), error
 messages, stream events, stored responses and hosted servers' stderr logs.
+
+A secret can be escaped on its way into a message (a JSON string, a `repr`, a URL), so each
+is also looked for in those forms: JSON-escaped (ASCII and not), `repr` of the text and of
+its UTF-8 bytes, and percent-encoded (`quote` and `quote_plus`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 REDACTED = "[REDACTED]"
 MIN_SECRET = 4  # shorter values would mangle ordinary text; they are no secrets worth the name
 
 
+def escaped_forms(secret: str) -> set[str]:
+    """`secret` and the forms it takes when escaped into a JSON string, a `repr` or a URL."""
+    return {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1], repr(secret)[1:-1],
+            repr(secret.encode("utf-8", "surrogatepass"))[2:-1], quote(secret, safe=""), quote_plus(secret, safe="")}
+
+
 class Scrubber:
-    """Replaces known secret values in text and JSON values."""
+    """Replaces known secret values, raw or escaped (`escaped_forms`), in text and JSON values."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        unique = sorted({s for s in secrets if len(s) >= MIN_SECRET}, key=len, reverse=True)
+        forms = {form for s in secrets if len(s) >= MIN_SECRET for form in escaped_forms(s)}
+        unique = sorted({s for s in forms if len(s) >= MIN_SECRET}, key=len, reverse=True)
         self._secrets = unique
         self._pattern = re.compile("|".join(re.escape(s) for s in unique)) if unique else None
 

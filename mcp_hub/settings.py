@@ -210,7 +210,7 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_prefixes(cls, value: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
         for prefix in value:
-            if not re.match(PROVIDER_PREFIX, prefix):
+            if not re.fullmatch(PROVIDER_PREFIX, prefix):
                 raise ValueError(f"provider prefix {prefix!r} must match {PROVIDER_PREFIX}")
         return value
 

@@ -40,6 +40,7 @@ from .errors import AuthRequired, ServerError, UrlBlocked
 from .hosting import Hosting
 from .installer import PackageStore
 from .oauth import OAuthBroker
+from .private_files import private_dir
 from .resolution import Target
 from .sandbox import Sandbox, SandboxLimits
 from .scrubbing import Scrubber
@@ -274,7 +275,7 @@ class Opener:
         version = target.version
         async with AsyncExitStack() as stack:
             if version.kind == "stdio":
-                self.logs_dir.mkdir(parents=True, exist_ok=True)
+                private_dir(self.logs_dir)
                 params = await self.hosting.plan(target, binding, tenant, stack, closed)
                 # Through the hub always: a server may print its credential, or flood its log.
                 errlog = await stack.enter_async_context(child_stderr(

@@ -541,3 +541,47 @@ def test_a_misplaced_secret_in_a_malformed_credential(watch: Watch, scripted_mod
             "credentials": {"connection_name": "probe", "values": {"token": "x" * 8}, planted.cred: 1}}))
         assert response.status_code == 400
     watch.assert_clean()
+
+
+# -- control characters and escaped secrets ---------------------------------------------------------
+
+
+def test_control_characters_in_a_header_credential_are_refused(watch: Watch, scripted_model: ScriptedModel,
+                                                               header_url: str,
+                                                               capfd: pytest.CaptureFixture[str]) -> None:
+    planted = watch.planted
+    values = [f"{planted.header}\r\nX-Injected: 1", f"{planted.header}\n", f"x\x00{planted.header}"]
+    with serve_hub(watch, scripted_model, header_url) as hub, httpx2.Client(base_url=hub.url, timeout=60) as http:
+        for index, value in enumerate(values):
+            creds = [{"connection_name": "headers", "values": {"token": value}}]
+            response = watch.response(f"control characters {index}", http.post("/v1/tools/call", json={
+                "server": "test/headers", "tool": "headers", "arguments": {}, "credentials": creds}))
+            body = response.json()
+            assert response.status_code == 400 and body["error"]["code"] == "credentials_invalid", body
+            assert "'headers'" in body["error"]["message"] and "'token'" in body["error"]["message"]
+        scripted_model.push(Reply.say("done"))
+        chat = watch.response("control characters in a completion", http.post("/v1/chat/completions", json={
+            "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "mcp_servers": ["test/headers"],
+            "credentials": [{"connection_name": "headers", "values": {"token": values[0]}}]}))
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["mcp_server_errors"]["test/headers"]["code"] == "credentials_invalid"
+        records = watch.response("audit", http.get("/v1/audit/tool-calls"))
+        assert "credentials_invalid" in records.text
+    watch.assert_clean(capfd)
+
+
+@pytest.mark.parametrize("escape", [
+    lambda s: json.dumps(s)[1:-1],
+    lambda s: json.dumps(s, ensure_ascii=False)[1:-1],
+    lambda s: repr(s)[1:-1],
+    lambda s: repr(s.encode())[2:-1],
+    lambda s: urllib.parse.quote(s, safe=""),
+    lambda s: urllib.parse.quote_plus(s),
+], ids=["json", "json-unicode", "repr", "repr-bytes", "percent", "percent-plus"])
+def test_the_scrubber_catches_escaped_secrets(escape: Any) -> None:
+    secret = 'tok"en\r\n\t\\/é+ =&' + uuid4().hex
+    escaped = escape(secret)
+    assert escaped != secret  # the form differs from the raw secret
+    scrubbed = Scrubber([secret]).text(f"connect failed: header value {escaped}!")
+    assert scrubbed == f"connect failed: header value {REDACTED}!"
+    assert Scrubber([secret]).value({"k": [escaped]}) == {"k": [REDACTED]}

@@ -123,6 +123,12 @@ async def test_versions_are_validated_immutable_deprecatable(market: tuple[httpx
     assert yaml_slug.status_code == 409 and "registry file" in yaml_slug.json()["error"]["message"]
     bad_slug = await http.post("/v1/servers", headers=admin, json={**base, "slug": "Acme/Probe!"})
     assert bad_slug.status_code == 400 and bad_slug.json()["error"]["param"] == "slug"
+    for slug in ("acme/x\n", "acme/x\r\n", "\nacme/x"):  # `$` matched before a trailing newline
+        newline = await http.post("/v1/servers", headers=admin, json={**base, "slug": slug})
+        assert newline.status_code == 400 and newline.json()["error"]["param"] == "slug", newline.text
+    newline_version = await http.post("/v1/servers", headers=admin, json={"slug": "acme/x", "version": {
+        **PROBE_VERSION, "version": "1.0.0\n"}})
+    assert newline_version.status_code == 400 and "semantic version" in newline_version.json()["error"]["message"]
     bad_version = await http.post("/v1/servers", headers=admin, json={"slug": "acme/x", "version": {
         **PROBE_VERSION, "version": "one"}})
     assert bad_version.status_code == 400 and "semantic version" in bad_version.json()["error"]["message"]

@@ -49,6 +49,8 @@ def test_command_string_is_split_like_a_shell() -> None:
         (entry({"1.0.0": {**HOSTED, "protocol": "2019"}}), "versions['1.0.0'].protocol"),
         (entry({"1.0.0": {**HOSTED, "colour": "red"}}), "versions['1.0.0'].colour: Extra inputs are not permitted"),
         ({"servers": {"NoSlash": {"versions": {"1.0.0": HOSTED}}}}, "servers['NoSlash'].slug: slug must look like org/name"),
+        ({"servers": {"acme/x\n": {"versions": {"1.0.0": HOSTED}}}}, "slug must look like org/name"),
+        (entry({"1.0.0\n": HOSTED}), "is not a semantic version"),
         ({"servers": {"a/b": {"versions": {"1.0.0": HOSTED}, "limits": {"call_timeout": -1}}}}, "limits.call_timeout"),
         ({"servers": {"a/b": {"versions": {"1.0.0": HOSTED},
                               "connections": {"c": {"fields": ["token"], "env": {"X": "{tok}"}}}}}}, "uses {tok}"),
@@ -110,3 +112,10 @@ def test_suggest_close_slugs() -> None:
     assert registry.suggest("hub/tmie")[0] == "hub/time"
     assert "hub/notes" in registry.suggest("acme/notes")
     assert registry.suggest("zzz/qqq") == []
+
+
+def test_a_slug_with_a_trailing_newline_in_the_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "registry.yaml"
+    path.write_text('servers:\n  "acme/x\\n":\n    versions:\n      "1.0.0": {url: "https://example.com/mcp"}\n')
+    with pytest.raises(ConfigError, match="slug must look like org/name"):
+        Registry.from_file(path)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # annotations only: the audit writer process (child.py) must 
     from ..sessions import ManagedSession
 
 GENESIS = "0" * 64  # the "previous hash" of a tenant's first record
+MAX_NAME = 256  # characters kept of a caller-chosen name (server instance, tool, model, correlation id)
 TOOL_CALL, SERVER_ERROR = "tool_call", "server_error"
 
 
@@ -106,6 +107,31 @@ def capped(value: Any, limit: int) -> tuple[str, bool]:
     return json.dumps(f"{kept}\n[truncated for the audit trail: {len(data)} bytes]", ensure_ascii=False), True
 
 
+def short(text: str | None) -> str | None:
+    """A caller-chosen name for the audit trail: cut at `MAX_NAME` characters, marked when cut."""
+    if text is None or len(text) <= MAX_NAME:
+        return text
+    return f"{text[:MAX_NAME]}...[truncated: {len(text)} characters]"
+
+
+def instance_name(name: str) -> str:
+    """A server's instance name for the audit trail: an ad-hoc URL's user, password, query and
+    fragment (where API keys travel) replaced by `[REDACTED]`, then `short`."""
+    if name.startswith(("http://", "https://")):
+        try:
+            parts = urlsplit(name)
+            host = parts.hostname or ""
+            port = parts.port
+        except ValueError:
+            return short(name.split("://", 1)[0] + "://[REDACTED]") or ""
+        if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+            netloc = ("[REDACTED]@" if "@" in parts.netloc else "") + (f"[{host}]" if ":" in host else host)
+            netloc += f":{port}" if port is not None else ""
+            query = "?[REDACTED]" if parts.query else ""
+            name = f"{parts.scheme}://{netloc}{parts.path}{query}" + ("#[REDACTED]" if parts.fragment else "")
+    return short(name) or ""
+
+
 def server_ref(session: ManagedSession | None) -> str | None:
     if session is None:
         return None
@@ -147,23 +173,25 @@ def tool_call_record(result: ToolResult, session: ManagedSession | None, context
     started = result.started_at or time.time() - result.duration_ms / 1000
     return AuditRecord(
         id=_new_id(), tenant=context.tenant, kind=TOOL_CALL, source=context.source,
-        completion_id=context.request_id, correlation_id=context.correlation_id, key_id=context.key_id,
-        server_name=result.server_name, server_ref=server_ref(session), tool_name=result.tool_name,
+        completion_id=context.request_id, correlation_id=short(context.correlation_id), key_id=context.key_id,
+        server_name=instance_name(result.server_name), server_ref=short(server_ref(session)),
+        tool_name=short(result.tool_name),
         tool_hash=(hashes or ToolHashes()).of(session, result.tool_name), arguments=arguments, result=text,
         result_bytes=result.result_bytes, result_sha256=result.result_sha256,
         result_truncated=cut or result.truncated, is_error=result.is_error, error_code=result.error_code,
         duration_ms=result.duration_ms, started_at=micros(started), ended_at=micros(started) + result.duration_ms * 1000,
-        model=context.model, turn=context.turn)
+        model=short(context.model), turn=context.turn)
 
 
-def server_error_record(name: str, error: ServerError, context: CallContext) -> AuditRecord:
-    """A server of the request that could not be opened, listed or reached."""
-    data = json.dumps({"error": error.to_entry()}, separators=(",", ":"), ensure_ascii=False)
+def server_error_record(name: str, error: ServerError, context: CallContext, limit: int = 65536) -> AuditRecord:
+    """A server of the request that could not be opened, listed or reached (its error cut at `limit` bytes:
+    a message may quote the caller's spec)."""
+    data, _ = capped({"error": error.to_entry()}, limit)
     now = micros(time.time())
     return AuditRecord(
         id=_new_id(), tenant=context.tenant, kind=SERVER_ERROR, source=context.source,
-        completion_id=context.request_id, correlation_id=context.correlation_id, key_id=context.key_id,
-        server_name=name, server_ref=None, tool_name=None, tool_hash=None, arguments="{}", result=data,
+        completion_id=context.request_id, correlation_id=short(context.correlation_id), key_id=context.key_id,
+        server_name=instance_name(name), server_ref=None, tool_name=None, tool_hash=None, arguments="{}", result=data,
         result_bytes=len(data.encode()), result_sha256=hashlib.sha256(data.encode()).hexdigest(),
         result_truncated=False, is_error=True, error_code=error.code, duration_ms=0, started_at=now, ended_at=now,
-        model=context.model, turn=context.turn)
+        model=short(context.model), turn=context.turn)

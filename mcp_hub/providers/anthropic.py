@@ -15,13 +15,13 @@ carries them under that key sends them back, as the API requires when thinking m
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
+from .. import jsoncodec
 from .base import ChatDelta, ChatRequest, ChatResult, ToolCallOut, Usage
 from .upstream import Upstream
 
@@ -107,12 +107,17 @@ def _content_blocks(content: Any) -> list[dict[str, Any]]:
     return blocks
 
 
+def _input_text(value: Any) -> str:
+    """A `tool_use` block's input as the JSON text of OpenAI's `arguments` (depth-capped)."""
+    return jsoncodec.text_within(value if value is not None else {})
+
+
 def _tool_input(arguments: Any) -> dict[str, Any]:
     """A tool call's arguments as the object Anthropic requires (malformed JSON becomes `{}`)."""
     if isinstance(arguments, dict):
         return arguments
     try:
-        parsed = json.loads(arguments or "{}")
+        parsed = jsoncodec.loads_within(arguments or "{}")
     except ValueError:
         return {}
     return parsed if isinstance(parsed, dict) else {}
@@ -227,7 +232,7 @@ class AnthropicMessages:
         except ValidationError:
             raise self.upstream.failure("the answer is not a message") from None
         texts = [block.text or "" for block in message.content if block.type == "text"]
-        calls = [ToolCallOut(block.id or "", block.name or "", json.dumps(block.input if block.input is not None else {}))
+        calls = [ToolCallOut(block.id or "", block.name or "", _input_text(block.input))
                  for block in message.content if block.type == "tool_use"]
         thinking = [block.model_dump(exclude_none=True) for block in message.content
                     if block.type in ("thinking", "redacted_thinking")]

@@ -7,7 +7,6 @@ as objects, `finish_reason: "stop"` on a turn that called tools).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from .. import jsoncodec
 from .base import ChatDelta, ChatRequest, ChatResult, ToolCallOut, Usage
 from .upstream import Upstream, upstream_message
 
@@ -72,7 +72,7 @@ class _Models(_Lenient):
 def _arguments(value: str | dict[str, Any] | None) -> str:
     if value is None:
         return ""
-    return value if isinstance(value, str) else json.dumps(value)
+    return value if isinstance(value, str) else jsoncodec.text_within(value)  # an object: some servers send one
 
 
 def _call_id() -> str:
