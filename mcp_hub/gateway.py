@@ -46,26 +46,11 @@ from .credentials import Credential
 from .errors import CredentialError, RequestError, ResolutionError, ServerError
 from .executor import CallContext
 from .sessions import ManagedSession
-from .settings import Settings
 
 CREDENTIALS_HEADER = "x-hub-credentials"
 ENCRYPTED_CREDENTIALS_HEADER = "x-hub-encrypted-credentials"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 ResultT = TypeVar("ResultT", bound=BaseModel)
 log = logging.getLogger("mcp_hub.gateway")
-
-
-def security_settings(settings: Settings) -> TransportSecuritySettings:
-    """Host/Origin checks against DNS rebinding: loopback names, the bind host, and configured ones."""
-    extra_hosts = settings.gateway_allowed_hosts
-    if "*" in extra_hosts:
-        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    names = [*LOOPBACK_HOSTS, settings.host]
-    hosts = [form for name in names for form in (name, f"{name}:*")] + list(extra_hosts)
-    origins = [f"{scheme}://{name}:*" for name in LOOPBACK_HOSTS for scheme in ("http", "https")]
-    origins += [f"{scheme}://{name}" for name in LOOPBACK_HOSTS for scheme in ("http", "https")]
-    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
-                                     allowed_origins=origins + list(settings.gateway_allowed_origins))
 
 
 @dataclass(frozen=True)
@@ -186,7 +171,10 @@ class Gateway:
                 on_read_resource=self._read_resource, on_subscribe_resource=self._subscribe,
                 on_unsubscribe_resource=self._unsubscribe, on_list_prompts=self._list_prompts,
                 on_get_prompt=self._get_prompt, on_completion=self._complete, on_set_logging_level=self._set_level)
-        self.manager = StreamableHTTPSessionManager(self.server, security_settings=security_settings(hub.settings))
+        # Host and Origin are checked for every route by `origins.OriginGuard`; the SDK's own check
+        # (same rule, plain-text answers) is off. Its Content-Type check for POST stays on regardless.
+        self.manager = StreamableHTTPSessionManager(
+            self.server, security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False))
 
     def run(self) -> AbstractAsyncContextManager[None]:
         return self.manager.run()
