@@ -59,7 +59,7 @@ async def running(settings: Settings) -> AsyncIterator[tuple[Any, Hub]]:
 @asynccontextmanager
 async def client(settings: Settings) -> AsyncIterator[tuple[httpx2.AsyncClient, Hub]]:
     async with running(settings) as (app, hub), httpx2.AsyncClient(
-            transport=httpx2.ASGITransport(app=app), base_url="http://hub", timeout=30) as http:
+            transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1:8000", timeout=30) as http:
         yield http, hub
 
 
@@ -265,7 +265,7 @@ async def test_anonymous_callers_count_per_address(tmp_path: Path) -> None:
         limited(hub, clock, burst=1)
         for address in ("10.0.0.1", "10.0.0.2"):
             transport = httpx2.ASGITransport(app=app, client=(address, 1234))
-            async with httpx2.AsyncClient(transport=transport, base_url="http://hub") as http:
+            async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as http:
                 assert (await http.get("/v1/servers")).status_code == 200
                 assert_error(await http.get("/v1/servers"), 429, "rate_limited")
 
@@ -282,7 +282,7 @@ async def test_sdks_see_a_rate_limit_error(tmp_path: Path) -> None:
             with pytest.raises(openai.RateLimitError) as caught:
                 await sdk.models.list()
             assert caught.value.code == "rate_limited" and caught.value.response.headers["retry-after"] == "1"
-            dedalus = dedalus_labs.AsyncDedalus(base_url="http://hub", api_key="unused", http_client=http,
+            dedalus = dedalus_labs.AsyncDedalus(base_url="http://127.0.0.1:8000", api_key="unused", http_client=http,
                                                max_retries=0)
             with pytest.raises(dedalus_labs.RateLimitError):
                 await dedalus.models.list()
