@@ -38,10 +38,11 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from . import __version__
 from .apikeys import ANONYMOUS, Principal
+from .bodies import read_body
 from .credentials import Credential
 from .errors import CredentialError, RequestError, ResolutionError, ServerError
 from .executor import CallContext
@@ -92,6 +93,16 @@ def route_of(request: Request) -> GatewayRoute:
     credentials = parse_credentials(_header_json(request, CREDENTIALS_HEADER), param=CREDENTIALS_HEADER)
     principal = getattr(request.state, "principal", ANONYMOUS)
     return GatewayRoute(spec=spec, name=slug, credentials=credentials, principal=principal)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that yields `body` (already read) first, then what `receive` says (a disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replaying() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replaying
 
 
 def _mcp_error(error: ServerError) -> MCPError:
@@ -188,6 +199,10 @@ class Gateway:
         if version is not None and entry.match(version) is None:
             raise RequestError(f"{entry.slug} has no version matching {version!r}", code="version_not_found",
                                param="version")
+        if scope["method"] == "POST":
+            # Read the body here, capped: a client that leaves mid-body then ends the request quietly
+            # (`ClientDisconnect`, see observability.py), where the SDK would log it as an error.
+            receive = _replay(await read_body(request, self._hub.settings.max_body_bytes), receive)
         await self.manager.handle_request(scope, receive, send)
 
     # -- handlers ------------------------------------------------------------------------------

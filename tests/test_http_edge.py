@@ -228,6 +228,16 @@ def test_a_client_leaving_mid_body_is_no_error(edge: EdgeHub) -> None:
     assert_quiet_log(edge, logged)
 
 
+def test_a_client_leaving_mid_body_on_the_gateway_is_no_error(edge: EdgeHub) -> None:
+    logged = len(edge.log_text())
+    before = counted(edge, "/mcp/{org}/{name}", 499)
+    with edge.connect() as sock:
+        sock.sendall(b"POST /mcp/test/probe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Accept: application/json, text/event-stream\r\nContent-Length: 5000\r\n\r\n{\"jsonrpc\"")
+    wait_counted(edge, "/mcp/{org}/{name}", 499, before + 1)
+    assert_quiet_log(edge, logged)
+
+
 def test_a_client_leaving_mid_stream_is_no_error(edge: EdgeHub) -> None:
     logged = len(edge.log_text())
     edge.model.push(Reply.say("one two three four five six seven eight", chunk_size=4, stall=3))
