@@ -202,7 +202,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Starlett
     # The cross-site guard before authentication: a foreign page never reaches a handler of a keyless hub.
     middleware = [Middleware(Observability, metrics=hub.metrics, routes=ROUTES, access_lines=settings.log_format == "json",
                              instance=hub.instance),
-                  Middleware(CrossSiteGuard, allowed=AllowedOrigins(settings), keys=lambda: hub.keys),
+                  Middleware(CrossSiteGuard, allowed=AllowedOrigins(settings), keys=lambda: hub.keys, routes=ROUTES),
                   Middleware(Authentication, keys=lambda: hub.keys, anonymous_admin=settings.anonymous_admin),
                   Middleware(RateLimiting, limiter=lambda: hub.limiter)]
     return Starlette(routes=ROUTES, lifespan=lifespan, middleware=middleware,

@@ -77,6 +77,9 @@ class GuardedHttpTools(HttpToolsProtocol):
         if why == "body" and self.flow is not None and self.flow.read_paused:
             self._arm(self.body_timeout, why)  # the hub is not reading the body: the client is not slow
             return
+        if why == "head" and self.cycle is not None and not self.cycle.response_complete:
+            self._arm(self.header_timeout, why)  # a pipelined head waits while the hub still answers
+            return
         log.info("closed a connection whose request %s stalled", "head" if why == "head" else "body")
         self.transport.close()
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .apikeys import KeyStore
@@ -80,10 +81,13 @@ class CrossSiteGuard:
     store only for a request that fails it, so the hot path costs no lookup.
     """
 
-    def __init__(self, app: ASGIApp, allowed: AllowedOrigins, keys: Callable[[], KeyStore]) -> None:
+    def __init__(self, app: ASGIApp, allowed: AllowedOrigins, keys: Callable[[], KeyStore],
+                 routes: Sequence[BaseRoute] = ()) -> None:
+        """`routes`: the app's; a body is checked only where one takes it (an unknown method stays a 405)."""
         self.app = app
         self.allowed = allowed
         self.keys = keys
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,7 +100,7 @@ class CrossSiteGuard:
         gateway = scope["path"].startswith("/mcp/")
         if refusal is not None and (gateway or await self._open_on_loopback()):
             log.info("refused a request for %s: %s", scope["path"][:64], refusal.code)
-        elif scope["method"] in ("POST", "PUT", "PATCH") and not gateway:
+        elif scope["method"] in ("POST", "PUT", "PATCH") and not gateway and self._routed(scope):
             refusal = json_type_refusal(headers.get(b"content-type", b"").decode("latin-1"))
         else:
             refusal = None
@@ -105,6 +109,10 @@ class CrossSiteGuard:
             await JSONResponse(refusal.to_body(), status_code=refusal.status)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def _routed(self, scope: Scope) -> bool:
+        """Whether a route takes this path and method."""
+        return any(route.matches(scope)[0] is Match.FULL for route in self.routes)
 
     async def _open_on_loopback(self) -> bool:
         if not self.allowed.loopback_bound:

@@ -53,6 +53,13 @@ async def test_bodies_that_are_not_json_are_415_on_every_route(api: httpx2.Async
         assert body["param"] == "content-type", (method, path)
 
 
+async def test_a_method_no_route_takes_stays_405_whatever_the_body(api: httpx2.AsyncClient) -> None:
+    for method, path in [("PUT", "/v1/models"), ("PATCH", "/metrics"), ("POST", "/healthz")]:
+        assert_error(await api.request(method, path, content=b"x", headers={"content-type": "text/plain"}), 405,
+                     "method_not_allowed")
+    assert_error(await api.post("/v1/nothing", content=b"x"), 404, "not_found")
+
+
 @pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON",
                                           "application/merge-patch+json", "application/vnd.api+json;charset=UTF-8"])
 async def test_json_types_with_parameters_are_accepted(api: httpx2.AsyncClient, content_type: str) -> None:
