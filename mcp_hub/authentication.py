@@ -3,9 +3,9 @@
 A pure ASGI middleware in front of every route. While no key was ever created the
 hub is open (every request is the `default` tenant, with the member role: admin powers
 need a key, or the operator's `anonymous_admin` setting) — `mcp-hub serve` then binds only
-to loopback addresses unless explicitly overridden. Revoking every key does not open it. The store is shared by every hub on
-the same records database; it caches (see `apikeys.CACHE_SECONDS`) which keys are valid and
-whether any exists. Once a key exists, every route but
+to loopback addresses unless explicitly overridden. Revoking every key does not open it.
+The store is shared by every hub on the same records database; it caches (see
+`apikeys.CACHE_SECONDS`) which keys are valid and whether any exists. Once a key exists, every route but
 the public ones needs one; the request's `Principal` (tenant, key id) is put in
 `scope["state"]["principal"]` for handlers.
 """

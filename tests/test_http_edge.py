@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import psutil
@@ -259,7 +260,7 @@ def test_a_client_leaving_mid_stream_is_no_error(edge: EdgeHub) -> None:
 # -- proxy headers --------------------------------------------------------------------------------
 
 
-def rate_limited_hub(tmp_path: Path, **extra: object) -> AbstractContextManager[HubServer]:
+def rate_limited_hub(tmp_path: Path, **extra: Any) -> AbstractContextManager[HubServer]:
     settings = Settings.load(data_dir=tmp_path / "data", rate_limit_per_minute=1, rate_limit_burst=1, **extra)
     registry = Registry.from_data({"servers": {"test/probe": probe_entry()}}, root=ROOT)
     return HubServer.serve(settings, registry)
