@@ -9,8 +9,9 @@ database accepts the same keys.
 Lookups are cached for `CACHE_SECONDS` so that a request costs no query: a revocation
 (or a key created on another hub, for a key already tried here) takes effect within
 that time on every hub; on the hub that made the change, at once. Whether the hub is
-open (no active key at all) is cached as long: a hub stays open at most `CACHE_SECONDS`
-after a key is created on another hub.
+open (no key was ever created: revoked keys count, so revoking the last key never opens
+it) is cached as long: a hub stays open at most `CACHE_SECONDS` after a key is created
+on another hub.
 
 Upgrade: keys of earlier versions lived in the SQLite file `<data_dir>/hub.sqlite3`.
 `open(legacy=...)` imports them (same ids, hashes and times) when the database holds none
@@ -69,10 +70,13 @@ class Principal:
 
     tenant: str
     key_id: str | None = None
-    role: str = "admin"
+    role: str = "member"
 
 
-ANONYMOUS = Principal(tenant="default", key_id=None, role="admin")
+# A caller without a key: on public routes, and on a hub that never had a key. Never an admin
+# (a browser page could be that caller), unless the operator opts in (`anonymous_admin`).
+ANONYMOUS = Principal(tenant="default", key_id=None, role="member")
+ANONYMOUS_ADMIN = Principal(tenant="default", key_id=None, role="admin")
 
 
 @dataclass(frozen=True)
@@ -191,11 +195,19 @@ class KeyStore:
         row = await self.database.fetch_one("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL")
         return int(row["n"]) if row else 0
 
+    async def key_count(self) -> int:
+        """Keys ever created (revoked ones too), uncached."""
+        row = await self.database.fetch_one("SELECT COUNT(*) AS n FROM api_keys")
+        return int(row["n"]) if row else 0
+
     async def is_open(self) -> bool:
-        """Whether no active key exists, so the hub is open (cached for `CACHE_SECONDS`)."""
+        """Whether no key was ever created, so the hub is open (cached for `CACHE_SECONDS`).
+
+        Revoked keys count: revoking every key leaves the hub closed (nobody's key works), it
+        does not hand it to anonymous callers."""
         now = time.monotonic()
         if now - self._open_checked >= CACHE_SECONDS:
-            self._open = await self.active_count() == 0
+            self._open = await self.database.fetch_one("SELECT id FROM api_keys LIMIT 1") is None
             self._open_checked = now
         return self._open
 

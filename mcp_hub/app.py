@@ -26,6 +26,7 @@ from .executor import CallContext
 from .hub import Hub, parse_credentials
 from .metrics import CONTENT_TYPE
 from .observability import Observability
+from .origins import AllowedOrigins, CrossSiteGuard
 from .ratelimit import RateLimiting
 from .registry import Entry, Registry
 from .settings import Settings
@@ -114,7 +115,7 @@ async def call_tool(request: Request) -> JSONResponse:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics; admin keys only (or an open hub): they span every tenant."""
+    """Prometheus metrics; admin keys only (or an open hub with `anonymous_admin`): they span every tenant."""
     if request.state.principal.role != "admin":
         raise Forbidden("GET /metrics needs an admin API key")
     return Response(_hub(request).metrics.render(), media_type=CONTENT_TYPE)
@@ -198,8 +199,11 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Starlett
 
     # Authentication first: the rate limit counts per API key.
     # Observability outermost: every response (a 401 too) gets an X-Request-Id and is counted.
+    # The cross-site guard before authentication: a foreign page never reaches a handler of a keyless hub.
     middleware = [Middleware(Observability, metrics=hub.metrics, routes=ROUTES, access_lines=settings.log_format == "json",
-                             instance=hub.instance), Middleware(Authentication, keys=lambda: hub.keys),
+                             instance=hub.instance),
+                  Middleware(CrossSiteGuard, allowed=AllowedOrigins(settings), keys=lambda: hub.keys, routes=ROUTES),
+                  Middleware(Authentication, keys=lambda: hub.keys, anonymous_admin=settings.anonymous_admin),
                   Middleware(RateLimiting, limiter=lambda: hub.limiter)]
     return Starlette(routes=ROUTES, lifespan=lifespan, middleware=middleware,
                      exception_handlers={HubError: _error_response, HTTPException: _error_response,

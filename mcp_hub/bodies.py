@@ -11,11 +11,25 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from . import jsoncodec
-from .errors import RequestError, TooLarge
+from .errors import RequestError, TooLarge, UnsupportedMediaType
 
 
 def _too_large(limit: int) -> TooLarge:
     return TooLarge(f"request body exceeds {limit} bytes (max_body_bytes)")
+
+
+def is_json_type(content_type: str) -> bool:
+    """`application/json` or `application/*+json`, parameters (charset) aside."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def json_type_refusal(content_type: str) -> UnsupportedMediaType | None:
+    """Why a body of this Content-Type is refused (checked for every POST/PUT/PATCH by `origins.CrossSiteGuard`):
+    a browser page sends text/plain or a form cross-site without asking the hub, never application/json."""
+    if is_json_type(content_type):
+        return None
+    return UnsupportedMediaType("request bodies must be JSON (Content-Type: application/json)", param="content-type")
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-unauthenticated", action="store_true", default=None,
                        help="bind a non-loopback address although no API key exists")
     serve.add_argument("--log-format", choices=["text", "json"], help="json: JSON lines with request ids")
+    serve.add_argument("--anonymous-admin", action="store_true", default=None,
+                       help="DANGEROUS: while no API key exists, anonymous callers are admins (may register raw "
+                       "commands that run on this machine)")
 
     keys = commands.add_parser("keys", help="manage hub API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -223,9 +226,9 @@ async def _keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _active_keys(settings: Settings) -> int:
+async def _key_count(settings: Settings) -> int:
     async with open_key_store(settings) as store:
-        return await store.active_count()
+        return await store.key_count()
 
 
 def _when(timestamp: float | None) -> str:
@@ -244,28 +247,81 @@ def cmd_rotate_encryption_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """The settings of `mcp-hub serve`: the common ones and the serve flags."""
+    return _settings(args, host=args.host, port=args.port, prewarm=args.prewarm, log_format=args.log_format,
+                     allow_unauthenticated=args.allow_unauthenticated, anonymous_admin=args.anonymous_admin)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .httpguard import server_config
 
-    settings = _settings(args, host=args.host, port=args.port, prewarm=args.prewarm,
-                         allow_unauthenticated=args.allow_unauthenticated, log_format=args.log_format)
+    settings = serve_settings(args)
     if not is_loopback(settings.host) and not settings.allow_unauthenticated \
-            and anyio.run(_active_keys, settings) == 0:
+            and anyio.run(_key_count, settings) == 0:
         raise HubError(f"refusing to serve on {settings.host} with no API key: anyone could use the hub. "
                        "Create one with `mcp-hub keys create --tenant NAME`, bind to 127.0.0.1, "
                        "or pass --allow-unauthenticated.", code="unauthenticated_bind")
     app = create_app(settings)
     print(f"mcp-hub {__version__}: {settings.registry} on http://{settings.host}:{settings.port}", file=sys.stderr)
+    options: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
+                               "lifespan": "on"}
     if settings.log_format == "json":  # our own access lines (with the request id) replace uvicorn's
         from .observability import logging_config
 
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on",
-                    log_config=logging_config(settings.log_level, "json"), access_log=False)
-        return 0
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on")
+        options.update(log_config=logging_config(settings.log_level, "json"), access_log=False)
+    startup = StartupErrors(app)
+    server = uvicorn.Server(server_config(startup, settings, **options))
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's way out of a failed start-up (the lifespan, or a port in use: logged)
+        if startup.error is not None:
+            raise startup.error from None
+        raise HubError(f"could not serve on {settings.host}:{settings.port} (see above)", code="startup_failed") from None
     return 0
+
+
+class StartupErrors:
+    """ASGI wrapper: a `HubError` that fails the app's start-up (an unreachable database, ...) is kept for
+    the CLI to print as one line, instead of the traceback uvicorn logs for a failed lifespan."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.error: HubError | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[dict[str, Any]] = []
+
+        async def holding_send(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.failed":  # its "message" is a traceback: hold it
+                held.append(message)
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, holding_send)
+        except BaseException as exc:
+            error = _hub_error(exc)
+            if held and error is not None:
+                self.error = error
+                await send({**held[0], "message": ""})
+                return
+            if held:
+                await send(held[0])
+            raise
+
+
+def _hub_error(exc: BaseException) -> HubError | None:
+    """`exc`, or the one exception of a group of one (task groups wrap), when it is a `HubError`."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, HubError) else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,12 +8,16 @@
     │   │                          json_too_deep: nested past jsoncodec.MAX_DEPTH)
     │   ├── NotFound (404)         a route object (server, record) does not exist
     │   ├── Forbidden (403)        forbidden: the caller's key lacks the role
+    │   │   └── ForbiddenOrigin (403) forbidden_host / forbidden_origin: a keyless loopback hub (or
+    │   │                          the MCP gateway) refuses a foreign Host or Origin (DNS rebinding, CSRF)
     │   ├── Conflict (409)         conflict: it exists already (a slug, an immutable version);
     │   │                          connection_name_taken: another owner's server claims it
     │   ├── Unprocessable (422)    well-formed, but cannot be done (a server to register is unreachable)
     │   │   └── EnvNotAllowed (422) env_not_allowed: a version or connection sets an environment
     │   │                          variable that changes how a runtime or loader behaves
     │   ├── TooLarge (413)         the request body is over the limit
+    │   ├── UnsupportedMediaType (415) unsupported_media_type: a body that is not application/json
+    │   ├── HeadersTooLarge (431)  headers_too_large: request line and headers over the cap
     │   ├── IdempotencyConflict (422) an Idempotency-Key reused for another body
     │   └── RateLimited (429)      rate_limited: the caller's key is over its
     │                              per-minute limit (`retry-after` says when)
@@ -115,6 +119,12 @@ class Forbidden(RequestError):
     type = "permission_error"
 
 
+class ForbiddenOrigin(Forbidden):
+    """A Host or Origin header a keyless loopback hub (or the MCP gateway) does not serve (HTTP 403)."""
+
+    code = "forbidden_origin"
+
+
 class Conflict(RequestError):
     """What the request would create exists already (a registered slug, an immutable version)."""
 
@@ -144,6 +154,20 @@ class TooLarge(RequestError):
 
     status = 413
     code = "body_too_large"
+
+
+class UnsupportedMediaType(RequestError):
+    """A request body that is not JSON by its Content-Type (HTTP 415): no form or text/plain from a browser."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class HeadersTooLarge(RequestError):
+    """The request line and headers exceed `max_header_bytes` or `max_header_count` (HTTP 431)."""
+
+    status = 431
+    code = "headers_too_large"
 
 
 class IdempotencyConflict(RequestError):

@@ -38,34 +38,20 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from . import __version__, jsoncodec
 from .apikeys import ANONYMOUS, Principal
+from .bodies import read_body
 from .credentials import Credential
 from .errors import CredentialError, RequestError, ResolutionError, ServerError
 from .executor import CallContext
 from .sessions import ManagedSession
-from .settings import Settings
 
 CREDENTIALS_HEADER = "x-hub-credentials"
 ENCRYPTED_CREDENTIALS_HEADER = "x-hub-encrypted-credentials"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 ResultT = TypeVar("ResultT", bound=BaseModel)
 log = logging.getLogger("mcp_hub.gateway")
-
-
-def security_settings(settings: Settings) -> TransportSecuritySettings:
-    """Host/Origin checks against DNS rebinding: loopback names, the bind host, and configured ones."""
-    extra_hosts = settings.gateway_allowed_hosts
-    if "*" in extra_hosts:
-        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    names = [*LOOPBACK_HOSTS, settings.host]
-    hosts = [form for name in names for form in (name, f"{name}:*")] + list(extra_hosts)
-    origins = [f"{scheme}://{name}:*" for name in LOOPBACK_HOSTS for scheme in ("http", "https")]
-    origins += [f"{scheme}://{name}" for name in LOOPBACK_HOSTS for scheme in ("http", "https")]
-    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
-                                     allowed_origins=origins + list(settings.gateway_allowed_origins))
 
 
 @dataclass(frozen=True)
@@ -107,6 +93,16 @@ def route_of(request: Request) -> GatewayRoute:
     credentials = parse_credentials(_header_json(request, CREDENTIALS_HEADER), param=CREDENTIALS_HEADER)
     principal = getattr(request.state, "principal", ANONYMOUS)
     return GatewayRoute(spec=spec, name=slug, credentials=credentials, principal=principal)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that yields `body` (already read) first, then what `receive` says (a disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replaying() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replaying
 
 
 def _mcp_error(error: ServerError) -> MCPError:
@@ -186,7 +182,10 @@ class Gateway:
                 on_read_resource=self._read_resource, on_subscribe_resource=self._subscribe,
                 on_unsubscribe_resource=self._unsubscribe, on_list_prompts=self._list_prompts,
                 on_get_prompt=self._get_prompt, on_completion=self._complete, on_set_logging_level=self._set_level)
-        self.manager = StreamableHTTPSessionManager(self.server, security_settings=security_settings(hub.settings))
+        # Host and Origin are checked for every route by `origins.OriginGuard`; the SDK's own check
+        # (same rule, plain-text answers) is off. Its Content-Type check for POST stays on regardless.
+        self.manager = StreamableHTTPSessionManager(
+            self.server, security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False))
 
     def run(self) -> AbstractAsyncContextManager[None]:
         return self.manager.run()
@@ -200,6 +199,10 @@ class Gateway:
         if version is not None and entry.match(version) is None:
             raise RequestError(f"{entry.slug} has no version matching {version!r}", code="version_not_found",
                                param="version")
+        if scope["method"] == "POST":
+            # Read the body here, capped: a client that leaves mid-body then ends the request quietly
+            # (`ClientDisconnect`, see observability.py), where the SDK would log it as an error.
+            receive = _replay(await read_body(request, self._hub.settings.max_body_bytes), receive)
         await self.manager.handle_request(scope, receive, send)
 
     # -- handlers ------------------------------------------------------------------------------

@@ -8,6 +8,10 @@ log line written while the request runs carries the same `request_id`.
 
 Logged: method, route template, status, duration, request id. Never a query string,
 a header, a body, an argument or a result.
+
+A client that goes away mid-request (mid-body or mid-stream) is not the hub's error: what
+that raises (`ClientDisconnect`, or an OSError/anyio error once the server said the client
+left) ends the request quietly here, counted with status 499, logged at debug level only.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,6 +38,17 @@ from .metrics import HubMetrics
 REQUEST_ID: ContextVar[str | None] = ContextVar("mcp_hub_request_id", default=None)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 access_log = logging.getLogger("mcp_hub.access")
+log = logging.getLogger("mcp_hub.observability")
+CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection before the answer"
+_GONE = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
+
+
+def client_gone(exc: BaseException, disconnected: bool) -> bool:
+    """Whether `exc` (or every exception of a group) says the client left; OSError and anyio's stream
+    errors count only when the server has told the app so (`disconnected`), else they are the hub's."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(client_gone(inner, disconnected) for inner in exc.exceptions)
+    return isinstance(exc, ClientDisconnect) or (disconnected and isinstance(exc, _GONE))
 
 
 def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
@@ -69,6 +86,13 @@ class Observability:
         token = REQUEST_ID.set(request_id)
         status = 500
         started = time.perf_counter()
+        disconnected = False
+
+        async def receive_noting_disconnect() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            disconnected = disconnected or message["type"] == "http.disconnect"
+            return message
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -78,7 +102,13 @@ class Observability:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_noting_disconnect, send_with_id)
+        except BaseException as exc:
+            if not client_gone(exc, disconnected):
+                raise
+            status = CLIENT_CLOSED
+            log.debug("the client of %s %s disconnected (%s)", scope["method"], route_template(self.routes, scope),
+                      type(exc).__name__)
         finally:
             seconds = time.perf_counter() - started
             route = route_template(self.routes, scope)

@@ -41,7 +41,7 @@ _MODELS: list[type[BaseModel]] = [ErrorBody, Health, ServerList, ServerDetail, T
 _ERRORS = {
     "400": "Malformed input", "401": "Missing or invalid API key", "403": "The API key lacks the role",
     "404": "Not found",
-    "413": "Body too large", "422": "Idempotency-Key reused",
+    "413": "Body too large", "415": "The body is not JSON (Content-Type)", "422": "Idempotency-Key reused",
     "429": "Rate limited: this API key's requests per minute (or the model provider's) are used up",
     "409": "Exists already (slug, immutable version)",
     "502": "Model provider failed", "504": "Model provider or the request's time budget timed out",
@@ -126,7 +126,7 @@ def document(prefixes: list[str]) -> dict[str, Any]:
             "/v1/tools/call": {"post": {
                 "operationId": "callTool", "security": auth,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(ToolCallRequest)}}},
-                "responses": {"200": _json(ToolRecord), **_errors("400", "401", "404", "413", "429")}}},
+                "responses": {"200": _json(ToolRecord), **_errors("400", "401", "404", "413", "415", "429")}}},
             "/v1/chat/completions": {"post": {
                 "operationId": "createChatCompletion", "security": auth,
                 "description": "An OpenAI-compatible chat completion whose MCP tool calls run in the hub. "
@@ -138,7 +138,7 @@ def document(prefixes: list[str]) -> dict[str, Any]:
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": _ref(ChatCompletionRequest)}}},
                 "responses": {"200": chat_ok, "202": _json(DeferredStatus, "Deferred: running in the background"),
-                              **_errors("400", "401", "404", "413", "422", "429", "502", "504")}}},
+                              **_errors("400", "401", "404", "413", "415", "422", "429", "502", "504")}}},
             "/v1/chat/deferred-completion/{request_id}": {"get": {
                 "operationId": "getDeferredCompletion", "security": auth, "parameters": [path("request_id")],
                 "description": "A deferred completion (`deferred: true`): 202 while it runs, 200 with the "
@@ -199,9 +199,9 @@ def _marketplace_paths(auth: Any, path: Any, query: Any) -> dict[str, Any]:
     """Publishing (registrations, server.json import) and tool pins; see README "Publishing servers"."""
     body = lambda description, required: {"required": True, **_object(description, required)}  # noqa: E731
     written = {"201": _object("Registered; `pinned` says whether its tools were pinned"),
-               **_errors("400", "401", "403", "404", "409", "413", "429"),
+               **_errors("400", "401", "403", "404", "409", "413", "415", "429"),
                "422": _json(ErrorBody, "The server cannot be reached to list its tools")}
-    changed = {"200": _object("Changed"), **_errors("400", "401", "403", "404", "409", "413", "429")}
+    changed = {"200": _object("Changed"), **_errors("400", "401", "403", "404", "409", "413", "415", "429")}
     strings = {"type": "array", "items": {"type": "string"}}
     return {
         "/v1/servers": {"post": {"operationId": "registerServer", "security": auth, "responses": written,

@@ -204,6 +204,24 @@ class Settings(BaseSettings):
         default_factory=list, description="Origin headers the MCP gateway accepts besides loopback origins "
         "(`https://app.example`, `http://name:*`); requests without an Origin are always accepted.")
 
+    # The HTTP edge: what anonymous callers may do, which proxies are believed, request-head caps and timeouts.
+    anonymous_admin: bool = Field(
+        False, description="DANGEROUS: on a hub that never had an API key, anonymous callers get the admin role "
+        "(register raw commands that run on this machine, approve pins, read /metrics); off: they are members.")
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Proxy addresses (IPs or CIDRs, comma-separated) whose X-Forwarded-For, "
+        "X-Forwarded-Proto and Forwarded headers are believed; unset: nobody's (the socket's peer is the client).")
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest request line plus headers; over it: 431 and the connection closes.")
+    max_header_count: int = Field(100, ge=8, description="Most header lines in a request; over it: 431.")
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client has to send a request's line and headers; then it is disconnected.")
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request body may stall between two chunks; then it is disconnected.")
+    max_connections: int | None = Field(
+        None, ge=1, description="Open connections plus running requests the server takes before answering 503; "
+        "unset: no cap (the header and body timeouts still close idle half-sent requests).")
+
     _config_file: ClassVar[Path | None] = None
 
     @field_validator("providers")
@@ -247,7 +265,7 @@ class Settings(BaseSettings):
             Allowlist.parse(str(item) for item in value)  # a bad entry fails at start-up, named
         return value
 
-    @field_validator("gateway_allowed_hosts", "gateway_allowed_origins", mode="before")
+    @field_validator("gateway_allowed_hosts", "gateway_allowed_origins", "forwarded_allow_ips", mode="before")
     @classmethod
     def _name_list(cls, value: Any) -> Any:
         if isinstance(value, str):

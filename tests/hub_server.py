@@ -1,6 +1,7 @@
 """The real hub app served by uvicorn on a free 127.0.0.1 port, from a background thread.
 
-`HubServer.serve(settings, registry)` binds the socket first, starts uvicorn (lifespan on)
+`HubServer.serve(settings, registry)` binds the socket first, starts uvicorn (lifespan on, configured
+as `mcp-hub serve` configures it: `httpguard.server_config`)
 in a thread and returns once the lifespan has started, so the hub's `Hub` object is at
 hand (`server.hub`) for observing sessions while SDK clients talk to `server.url` over a
 real socket. SDK clients put in `server.clients` are closed first; stopping then asks
@@ -21,6 +22,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from mcp_hub.app import create_app
+from mcp_hub.httpguard import server_config
 from mcp_hub.hub import Hub
 from mcp_hub.registry import Registry
 from mcp_hub.settings import Settings
@@ -57,8 +59,9 @@ class HubServer:
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(capture_state, log_level="warning", access_log=False, lifespan="on", ws="none",
-                                timeout_graceful_shutdown=5)
+        # The configuration `mcp-hub serve` uses: guarded httptools, proxy headers from nobody.
+        config = server_config(capture_state, settings, log_level="warning", access_log=False, lifespan="on",
+                               ws="none", timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="hub-server", daemon=True)
         thread.start()

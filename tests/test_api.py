@@ -86,16 +86,20 @@ async def test_bad_tool_calls(api: httpx2.AsyncClient, body: Any, status: int, c
     assert fragment in body["error"]["message"] or fragment == body["error"]["param"]
 
 
+JSON = {"content-type": "application/json"}
+
+
 async def test_malformed_and_oversized_bodies(api: httpx2.AsyncClient) -> None:
-    assert_error(await api.post("/v1/tools/call", content=b"{not json"), 400, "invalid_json")
-    assert_error(await api.post("/v1/tools/call", content=b"\xff\xfe"), 400, "invalid_json")
-    assert_error(await api.post("/v1/tools/call", content=b""), 400, "invalid_json")
+    assert_error(await api.post("/v1/tools/call", content=b"{not json", headers=JSON), 400, "invalid_json")
+    assert_error(await api.post("/v1/tools/call", content=b"\xff\xfe", headers=JSON), 400, "invalid_json")
+    assert_error(await api.post("/v1/tools/call", content=b"", headers=JSON), 400, "invalid_json")
     # NaN and Infinity are not JSON: a 400 here, not a 500 once the body is sent on to a provider.
     nan = b'{"model": "openai/gpt-test", "messages": [{"role": "user", "content": "hi"}], "top_k": NaN}'
-    assert_error(await api.post("/v1/chat/completions", content=nan), 400, "invalid_json")
-    assert_error(await api.post("/v1/tools/call", content=b'{"server": "test/probe", "tool": "echo", "x": Infinity}'),
-                 400, "invalid_json")
-    assert_error(await api.post("/v1/tools/call", content=b" " * (4 * 1024 * 1024 + 1)), 413, "body_too_large")
+    assert_error(await api.post("/v1/chat/completions", content=nan, headers=JSON), 400, "invalid_json")
+    infinity = b'{"server": "test/probe", "tool": "echo", "x": Infinity}'
+    assert_error(await api.post("/v1/tools/call", content=infinity, headers=JSON), 400, "invalid_json")
+    huge = b" " * (4 * 1024 * 1024 + 1)
+    assert_error(await api.post("/v1/tools/call", content=huge, headers=JSON), 413, "body_too_large")
 
 
 async def test_unknown_routes_and_methods(api: httpx2.AsyncClient) -> None:

@@ -225,8 +225,13 @@ async def test_two_hubs_sharing_a_database_keep_one_chain(backend: str, request:
         assert (await two.get("/v1/audit/verify")).json()["head"] == report["head"]
 
 
-async def test_metrics_and_request_ids(client: tuple[httpx2.AsyncClient, Hub], scripted_model: ScriptedModel) -> None:
-    http, _ = client
+async def test_metrics_and_request_ids(tmp_path: Path, scripted_model: ScriptedModel) -> None:
+    # /metrics needs an admin: on this keyless hub, the operator made anonymous callers admins.
+    async with asgi_client(hub_settings(tmp_path, scripted_model, anonymous_admin=True), registry()) as (http, _):
+        await _metrics_and_request_ids(http, scripted_model)
+
+
+async def _metrics_and_request_ids(http: httpx2.AsyncClient, scripted_model: ScriptedModel) -> None:
     scripted_model.responder = ToolThenAnswer(tool="__echo", arguments={"text": "metric-marker"}, answer="ok")
     response = await http.post("/v1/chat/completions", json=ask(mcp_servers=["test/plain", "test/broken"]),
                                headers={"x-request-id": "has spaces, not sane"})

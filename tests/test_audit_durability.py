@@ -38,7 +38,9 @@ def hub_process(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HubP
     registry = tmp_path / "registry.yaml"
     registry.write_text(json.dumps({"servers": {"test/plain": probe_entry()}}))
     port = free_port()
-    env = {"MCP_HUB_DATABASE_URL": database_url} if database_url else {}
+    env = {"MCP_HUB_ANONYMOUS_ADMIN": "true"}  # keyless, and /metrics needs an admin
+    if database_url:
+        env["MCP_HUB_DATABASE_URL"] = database_url
     log = tmp_path / "hub.log"
     proc = spawn([sys.executable, "-m", "mcp_hub", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data"),
                   "--registry", str(registry), "--log-format", "json"], port, log, env=env)

@@ -367,7 +367,8 @@ async def test_tools_call_api_reports_url_blocked(tmp_path: Path, probe_http: st
             scope["state"] = dict(state or {})
             await app(scope, receive, send)
 
-        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=with_state), base_url="http://hub") as api:
+        transport = httpx2.ASGITransport(app=with_state)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as api:
             response = await api.post("/v1/tools/call", json={"server": probe_http, "tool": "echo",
                                                               "arguments": {"text": "hi"}})
     record = response.json()

@@ -121,7 +121,7 @@ async def test_unknown_server_and_bad_input_are_4xx_in_the_hub_shape(gateway: tu
     bad = await http.post("/mcp/test/probe", json=init, headers={**accept, "x-hub-credentials": "{not json"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-hub-credentials"
     rebinding = await http.post("/mcp/test/probe", json=init, headers={**accept, "host": "evil.example"})
-    assert rebinding.status_code == 421
+    assert rebinding.status_code == 403 and rebinding.json()["error"]["code"] == "forbidden_host"
 
 
 async def test_gateway_needs_a_hub_api_key_once_keys_exist(settings: Settings, header_url: str) -> None:

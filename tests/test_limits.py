@@ -26,7 +26,7 @@ from mcp_hub.settings import Settings
 
 from .conftest import ROOT, create_key, owned, probe_entry
 from .model_fixtures import Reply, ScriptedModel
-from .test_api import assert_error
+from .test_api import JSON, assert_error
 
 MODEL = "openai/gpt-test"
 ECHO = "test-probe__echo"
@@ -59,7 +59,7 @@ async def running(settings: Settings) -> AsyncIterator[tuple[Any, Hub]]:
 @asynccontextmanager
 async def client(settings: Settings) -> AsyncIterator[tuple[httpx2.AsyncClient, Hub]]:
     async with running(settings) as (app, hub), httpx2.AsyncClient(
-            transport=httpx2.ASGITransport(app=app), base_url="http://hub", timeout=30) as http:
+            transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1:8000", timeout=30) as http:
         yield http, hub
 
 
@@ -84,14 +84,14 @@ async def test_body_size_follows_the_setting(tmp_path: Path, scripted_model: Scr
     async with client(hub_settings(tmp_path, scripted_model, max_body_bytes=2048)) as (http, _):
         big = json.dumps(ask(padding="x" * 3000)).encode()
         for path in ("/v1/chat/completions", "/v1/tools/call"):
-            body = assert_error(await http.post(path, content=big), 413, "body_too_large")
+            body = assert_error(await http.post(path, content=big, headers=JSON), 413, "body_too_large")
             assert "2048 bytes" in body["message"] and "max_body_bytes" in body["message"]
 
         async def chunked() -> AsyncIterator[bytes]:  # no content-length: counted while reading
             for _ in range(4):
                 yield b" " * 1000
 
-        assert_error(await http.post("/v1/tools/call", content=chunked()), 413, "body_too_large")
+        assert_error(await http.post("/v1/tools/call", content=chunked(), headers=JSON), 413, "body_too_large")
         scripted_model.push(Reply.say("small enough"))
         response = await http.post("/v1/chat/completions", json=ask())
         assert response.status_code == 200, response.text
@@ -265,7 +265,7 @@ async def test_anonymous_callers_count_per_address(tmp_path: Path) -> None:
         limited(hub, clock, burst=1)
         for address in ("10.0.0.1", "10.0.0.2"):
             transport = httpx2.ASGITransport(app=app, client=(address, 1234))
-            async with httpx2.AsyncClient(transport=transport, base_url="http://hub") as http:
+            async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as http:
                 assert (await http.get("/v1/servers")).status_code == 200
                 assert_error(await http.get("/v1/servers"), 429, "rate_limited")
 
@@ -277,12 +277,12 @@ async def test_sdks_see_a_rate_limit_error(tmp_path: Path) -> None:
         # Each SDK on the HTTP library it is built on: openai on httpx2, dedalus-labs on httpx.
         async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app)) as http2, \
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
-            sdk = openai.AsyncOpenAI(base_url="http://hub/v1", api_key="unused", http_client=http2, max_retries=0)
+            sdk = openai.AsyncOpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused", http_client=http2, max_retries=0)
             await sdk.models.list()
             with pytest.raises(openai.RateLimitError) as caught:
                 await sdk.models.list()
             assert caught.value.code == "rate_limited" and caught.value.response.headers["retry-after"] == "1"
-            dedalus = dedalus_labs.AsyncDedalus(base_url="http://hub", api_key="unused", http_client=http,
+            dedalus = dedalus_labs.AsyncDedalus(base_url="http://127.0.0.1:8000", api_key="unused", http_client=http,
                                                max_retries=0)
             with pytest.raises(dedalus_labs.RateLimitError):
                 await dedalus.models.list()

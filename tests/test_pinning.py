@@ -90,7 +90,8 @@ async def _listing_until(hub: Hub, predicate: Any, timeout: float = 15) -> tuple
 
 
 async def test_a_server_that_changes_a_tool_is_caught(settings: Settings) -> None:
-    async with asgi_client(settings, rugpull_registry()) as (http, hub):
+    # Approving needs an admin: on this keyless hub, the operator made anonymous callers admins.
+    async with asgi_client(settings.model_copy(update={"anonymous_admin": True}), rugpull_registry()) as (http, hub):
         names, errors = await _listing_until(hub, lambda names, errors: bool(names))
         assert names == ["add", "echo", "rug_pull"] and errors == {}
         result, _ = await hub.call_tool("test/rugpull", "rug_pull", {})

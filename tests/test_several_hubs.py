@@ -55,6 +55,7 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
             proxy_buffering off;
             proxy_read_timeout 600s;
         }}
@@ -127,7 +128,8 @@ def start_cluster(stack: ExitStack, root: Path, nginx: str, model: ScriptedModel
     registry.write_text(yaml.safe_dump({"servers": {"test/probe": {**probe_entry(), "limits": {"call_timeout": 10}}}}))
     env = {"OPENAI_BASE_URL": model.openai_url, "OPENAI_API_KEY": "sk-hub", "MCP_HUB_STATE_URL": REDIS_URL,
            "MCP_HUB_STATE_PREFIX": prefix, "MCP_HUB_RATE_LIMIT_PER_MINUTE": "60", "MCP_HUB_RATE_LIMIT_BURST": "1000",
-           "MCP_HUB_DEFERRED_LEASE": "1.5", "MCP_HUB_RESTART_BACKOFF": "0.05"}
+           "MCP_HUB_DEFERRED_LEASE": "1.5", "MCP_HUB_RESTART_BACKOFF": "0.05",
+           "MCP_HUB_FORWARDED_ALLOW_IPS": "127.0.0.1"}  # nginx, on loopback: its X-Forwarded-For is believed
     hubs: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
     for name in ("hub-a", "hub-b"):  # one after the other: the first creates what the data_dir lacks
         port = free_port()
