@@ -185,6 +185,10 @@ class BlockingWriter(Protocol):
     def run(self, steps: Steps[T]) -> T:
         """Run the transaction `steps`; commit, or roll back if it raises."""
 
+    @property
+    def lost(self) -> bool:
+        """The connection is gone (the server closed it): open a new writer."""
+
     def close(self) -> None: ...
 
 
@@ -314,6 +318,10 @@ class _SQLiteBlockingWriter:
     def run(self, steps: Steps[T]) -> T:
         self._raw.execute("BEGIN IMMEDIATE")
         return _finish(self._raw, steps)
+
+    @property
+    def lost(self) -> bool:
+        return False  # a file: every failure is one transaction's; the next may succeed on the same connection
 
     def close(self) -> None:
         self._raw.close()
