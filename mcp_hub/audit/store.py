@@ -6,7 +6,12 @@ Tables (owner "audit"):
   tenant's head row (PostgreSQL: the upsert's row lock; SQLite: the one writer), so that
   concurrent writers, also in other hub processes, extend the chain one after the other.
 - `audit_anchors`: per tenant, the seq and hash of the last record removed by retention;
-  verification of what remains starts from it.
+  verification of what remains starts from it. An anchor is only a pointer: each retention
+  run also appends a chained `retention` record naming the seq and hash it pruned through,
+  and `verify` accepts the anchor only if the chain's latest retention record names it. So
+  deleting more of the oldest records and moving the anchor breaks verification; getting
+  past it means forging chain records (see the README, "Audit trail", for what a hash chain
+  can and cannot show).
 
 The SQL is portable (SQLite ≥ 3.35 for RETURNING): one code path for both backends.
 """
@@ -18,8 +23,16 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..database import Database, Migration, Steps, Transaction
-from .record import GENESIS, AuditRecord, chain_hash, micros
+from ..database import Database, Migration, Steps, Transaction, drive_in
+from .record import GENESIS, AuditRecord, chain_hash, micros, retention_record
+
+
+async def _vouch_for_anchors(tx: Transaction) -> None:
+    """Migration 2, once: the anchors that older versions kept outside the chain get their retention
+    record, so that chains pruned before the upgrade still verify."""
+    for anchor in await tx.fetch_all("SELECT tenant, seq, hash, pruned_at FROM audit_anchors ORDER BY tenant"):
+        record = retention_record(anchor["tenant"], int(anchor["seq"]), anchor["hash"], None, int(anchor["pruned_at"]))
+        await drive_in(tx, AuditStore.chain_and_insert([record]))
 
 MIGRATIONS = [
     Migration(1, (
@@ -59,6 +72,7 @@ MIGRATIONS = [
         """CREATE TABLE audit_anchors (tenant TEXT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL,
             pruned_at BIGINT NOT NULL)""",
     )),
+    Migration(2, (), after=_vouch_for_anchors),
 ]
 
 COLUMNS = [f.name for f in fields(AuditRecord)]
@@ -208,6 +222,8 @@ class AuditStore:
             report.broken = {"seq": seq, "record_id": record_id, "problem": problem}
             return report
 
+        vouched: tuple[int, str] | None = None  # what the chain's latest retention record pruned through
+
         after = -1
         while True:
             rows = await self.database.fetch_all(f"{_SELECT} WHERE tenant = ? AND seq > ? ORDER BY seq LIMIT ?",
@@ -224,9 +240,13 @@ class AuditStore:
                     return broken(record.seq, record.id, "content does not match its hash (edited)")
                 report.checked += 1
                 prev, expected = record.hash, expected + 1
+                vouched = record.pruned_through() or vouched
             if len(rows) < PAGE:
                 break
             after = int(rows[-1]["seq"])
+        if anchor is not None and vouched != (report.anchor_seq, anchor["hash"]):
+            return broken(report.anchor_seq, None, "the retention anchor is not the one the chain's latest retention "
+                          "record names (records deleted and the anchor moved)")
         last = expected - 1
         if last < report.head_seq:
             return broken(expected, None, f"records {expected}..{report.head_seq} are missing (deleted at the end)")
@@ -247,7 +267,8 @@ class AuditStore:
         """Delete each tenant's records that ended more than `older_than` seconds ago, oldest first.
 
         Only a prefix of a chain goes: from its first record still young, everything stays.
-        The last removed record's seq and hash become the tenant's anchor. Returns removed counts.
+        The last removed record's seq and hash become the tenant's anchor, and a retention record
+        naming them joins the chain in the same transaction. Returns removed counts.
         """
         cutoff = micros((time.time() if now is None else now) - older_than)
         removed: dict[str, int] = {}
@@ -262,6 +283,7 @@ class AuditStore:
                 if last <= (int(anchor["seq"]) if anchor else 0) or row is None:
                     continue
                 count = await tx.execute("DELETE FROM audit_records WHERE tenant = ? AND seq <= ?", (tenant, last))
+                await drive_in(tx, self.chain_and_insert([retention_record(tenant, last, row["hash"], count, cutoff)]))
                 await tx.execute("INSERT INTO audit_anchors (tenant, seq, hash, pruned_at) VALUES (?, ?, ?, ?) "
                                  "ON CONFLICT (tenant) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
                                  "pruned_at = excluded.pruned_at", (tenant, last, row["hash"], micros(time.time())))
