@@ -16,6 +16,7 @@ scrubbed and audited like every other call, and a `Relay` (see `backchannel.py`)
 the upstream server's progress, logs, sampling and elicitation requests to this client.
 Tools, resources, prompts and completions pass through as the server sent them (with
 credentials scrubbed); tools withheld by pinning are neither listed nor callable.
+Sessions are bound to the tenant that opened them and capped (`gateway_sessions.py`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from typing import Any, TypeVar
 import mcp.types as types
 from mcp import MCPError
 from mcp.server import Server, ServerRequestContext
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.shared.message import ServerMessageMetadata
@@ -45,6 +45,7 @@ from .apikeys import ANONYMOUS, Principal
 from .credentials import Credential
 from .errors import CredentialError, RequestError, ResolutionError, ServerError
 from .executor import CallContext
+from .gateway_sessions import TenantSessions, bind_tenant, opens_session
 from .sessions import ManagedSession
 from .settings import Settings
 
@@ -186,7 +187,11 @@ class Gateway:
                 on_read_resource=self._read_resource, on_subscribe_resource=self._subscribe,
                 on_unsubscribe_resource=self._unsubscribe, on_list_prompts=self._list_prompts,
                 on_get_prompt=self._get_prompt, on_completion=self._complete, on_set_logging_level=self._set_level)
-        self.manager = StreamableHTTPSessionManager(self.server, security_settings=security_settings(hub.settings))
+        settings = hub.settings
+        self.manager = TenantSessions(self.server, security_settings=security_settings(settings),
+                                      per_tenant=settings.gateway_sessions_per_tenant,
+                                      max_sessions=settings.gateway_sessions_max,
+                                      session_idle_timeout=settings.gateway_session_idle_timeout)
 
     def run(self) -> AbstractAsyncContextManager[None]:
         return self.manager.run()
@@ -200,6 +205,12 @@ class Gateway:
         if version is not None and entry.match(version) is None:
             raise RequestError(f"{entry.slug} has no version matching {version!r}", code="version_not_found",
                                param="version")
+        tenant = route.principal.tenant
+        bind_tenant(scope, tenant)  # another tenant's session id is 404 here, as if it did not exist
+        refusal = self.manager.refusal(tenant) if opens_session(scope) else None
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
         await self.manager.handle_request(scope, receive, send)
 
     # -- handlers ------------------------------------------------------------------------------

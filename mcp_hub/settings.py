@@ -173,6 +173,12 @@ class Settings(BaseSettings):
     gateway_allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origin headers the MCP gateway accepts besides loopback origins "
         "(`https://app.example`, `http://name:*`); requests without an Origin are always accepted.")
+    # Gateway sessions (handshake-era clients; 2026-era requests keep none): each bound to the tenant that
+    # opened it, capped, and closed when idle. Over a cap, opening one more is refused (429 per tenant, 503 in all).
+    gateway_sessions_max: int = Field(1000, ge=1, description="Open MCP gateway sessions at most, all tenants together.")
+    gateway_sessions_per_tenant: int = Field(100, ge=1, description="Open MCP gateway sessions at most per tenant.")
+    gateway_session_idle_timeout: float = Field(
+        300.0, gt=0, description="Seconds without a request after which a gateway session is closed (its id then 404s).")
 
     _config_file: ClassVar[Path | None] = None
 
