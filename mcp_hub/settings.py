@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     audit_commit_delay: float = Field(
         0.015, ge=0, le=0.5, description="Seconds an audit transaction may wait for more records once writes arrive "
         "concurrently: fewer commits under load; 0: never wait.")
+    audit_instance_timeout: float = Field(
+        60.0, gt=0, description="Seconds without a heartbeat after which a hub instance counts as gone: the tool calls "
+        "it had started and not finished are recorded as `interrupted` (by any hub on the records database).")
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per log line, each with the request's X-Request-Id.")
 

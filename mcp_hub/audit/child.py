@@ -4,7 +4,10 @@ The hub's event loop is its bottleneck under load; this process takes the hashin
 and the commits off it (and off its GIL). The protocol is JSON lines:
 
 - hub -> child, first line: `{"where": Database.where(), "max_batch": int, "commit_delay": float}`; then one line per
-  `write()`: `{"id": int, "t": time.monotonic() when handed over, "records": [record content, ...]}`.
+  `write()`: `{"id": int, "t": time.monotonic() when handed over, "records": [record content, ...]}`, plus
+  `"intents": [audit_intents row, ...]` and `"now": true` for the intents of calls about to be sent (a
+  transaction holding one does not wait for more writes: the call waits for it), and `"done": [intent id, ...]`
+  for the intents that these records complete.
 - child -> hub, first `{"ready": true}` once its connection is open (or `{"ready": false, "error": ...}`),
   then one line per transaction: `{"ids": [int, ...], "ok": true, "records": n, "seconds": s}`
   once those writes are committed, or `{"ids": [...], "ok": false, "error": "<exception type>"}`.
@@ -108,9 +111,11 @@ def _commit(writer: Reconnecting, lines: list[bytes], out: Any) -> None:
     messages = [jsoncodec.loads(line) for line in lines]
     ids = [message["id"] for message in messages]
     records = [AuditRecord(**content) for message in messages for content in message["records"]]
+    intents = [row for message in messages for row in message.get("intents", ())]
+    done = [ident for message in messages for ident in message.get("done", ())]
     started = time.perf_counter()
     try:
-        writer.run(lambda: AuditStore.chain_and_insert(records))
+        writer.run(lambda: AuditStore.chain_and_insert(records, intents, done))
     except Exception as exc:  # reported to the hub, which withholds the results (AuditUnavailable)
         ack = {"ids": ids, "ok": False, "error": type(exc).__name__}
     else:
@@ -145,7 +150,8 @@ def main() -> int:
             queued = buffer.count(b"\n")
             if delay and queued >= 2:
                 misses = 0
-            if delay and misses < MISSES and 0 < queued < max_batch:
+            urgent = b'"now":true' in buffer  # an intent: a tool call waits for it (the hub's encoder writes no spaces)
+            if delay and misses < MISSES and 0 < queued < max_batch and not urgent:
                 oldest = float(jsoncodec.loads(buffer[:buffer.index(b"\n")])["t"])
                 wait = min(delay, oldest + delay - time.monotonic())
                 more = _gather(stdin, wait)  # let concurrent writes share the transaction

@@ -164,12 +164,13 @@ class ToolHashes:
 
 
 def tool_call_record(result: ToolResult, session: ManagedSession | None, context: CallContext, limit: int,
-                     hashes: ToolHashes | None = None) -> AuditRecord:
+                     hashes: ToolHashes | None = None, record_id: str | None = None) -> AuditRecord:
+    """The outcome record of a call; `record_id`: its intent's id (see intents.py), if one was committed."""
     arguments, _ = capped(result.arguments, limit)
     text, cut = capped(result.result, limit)
     started = result.started_at or time.time() - result.duration_ms / 1000
     return AuditRecord(
-        id=_new_id(), tenant=context.tenant, kind=TOOL_CALL, source=context.source,
+        id=record_id or _new_id(), tenant=context.tenant, kind=TOOL_CALL, source=context.source,
         completion_id=context.request_id, correlation_id=context.correlation_id, key_id=context.key_id,
         server_name=result.server_name, server_ref=server_ref(session), tool_name=result.tool_name,
         tool_hash=(hashes or ToolHashes()).of(session, result.tool_name), arguments=arguments, result=text,

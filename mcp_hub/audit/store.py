@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..database import Database, Migration, Steps, Transaction, drive_in
+from . import intents as _intents
 from .record import GENESIS, AuditRecord, chain_hash, micros, retention_record
 
 
@@ -73,6 +74,7 @@ MIGRATIONS = [
             pruned_at BIGINT NOT NULL)""",
     )),
     Migration(2, (), after=_vouch_for_anchors),
+    _intents.MIGRATION,
 ]
 
 COLUMNS = [f.name for f in fields(AuditRecord)]
@@ -157,8 +159,12 @@ class AuditStore:
         await self.database.run(self.chain_and_insert(records))
 
     @staticmethod
-    def chain_and_insert(records: Sequence[AuditRecord]) -> Steps[None]:
-        """The transaction of `append`: the records chained onto their tenants' heads, inserted."""
+    def chain_and_insert(records: Sequence[AuditRecord], intents: Sequence[Sequence[Any]] = (),
+                         done: Sequence[str] = ()) -> Steps[None]:
+        """The transaction of `append`: the records chained onto their tenants' heads, inserted; `intents`
+        (rows, see intents.py) inserted, and the intents `done` (which these records complete) deleted."""
+        if intents:
+            yield ("execute_many", _intents.INSERT, list(intents))
         by_tenant: dict[str, list[AuditRecord]] = {}
         for record in records:
             by_tenant.setdefault(record.tenant, []).append(record)
@@ -171,6 +177,8 @@ class AuditStore:
                 record.hash = prev = chain_hash(prev, record.content())
             yield ("execute_many", _INSERT, [[getattr(r, c) for c in COLUMNS] for r in by_tenant[tenant]])
             yield ("send", "UPDATE audit_heads SET seq = ?, hash = ? WHERE tenant = ?", (seq, prev, tenant))
+        if done:  # the outcomes of calls whose intents were committed before they were sent
+            yield ("send", f"DELETE FROM audit_intents WHERE id IN ({', '.join('?' for _ in done)})", list(done))
 
     async def get(self, tenant: str | None, record_id: str) -> AuditRecord | None:
         """The record `record_id` of `tenant` (None: of any tenant, for operators)."""
