@@ -38,6 +38,7 @@ from .database import (
 from .errors import ConfigError
 
 Connection = psycopg.Connection[Row]
+CONNECT_TIMEOUT = 10  # seconds the audit writer waits for a connection (unless the URL says): then 503, retried later
 
 
 _VALUES = re.compile(r"(INSERT\s[^?]+?\sVALUES\s*)(\([^()]*\))\s*", re.IGNORECASE | re.DOTALL)
@@ -138,8 +139,9 @@ class PostgresBlockingWriter:
 
     def __init__(self, url: str) -> None:
         try:
-            self._connection: Connection = psycopg.Connection.connect(
-                url, autocommit=True, row_factory=dict_row, **({} if "connect_timeout" in url else {"connect_timeout": 10}))
+            options: dict[str, Any] = {} if "connect_timeout" in url else {"connect_timeout": CONNECT_TIMEOUT}
+            self._connection: Connection = psycopg.Connection.connect(url, autocommit=True, row_factory=dict_row,
+                                                                      **options)
         except psycopg.Error as exc:
             raise ConfigError(f"cannot connect to the records database {redacted(url)}: {type(exc).__name__}") from None
 

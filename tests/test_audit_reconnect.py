@@ -17,6 +17,7 @@ import httpx2
 import psycopg
 
 from mcp_hub.audit.child import Reconnecting, Unreachable
+from mcp_hub.database import Steps, T
 from mcp_hub.registry import Registry
 from mcp_hub.settings import Settings
 
@@ -112,7 +113,7 @@ def test_the_writer_backs_off_while_it_cannot_connect(tmp_path: Path) -> None:
     class Lost:
         lost = True
 
-        def run(self, steps: Any) -> None:
+        def run(self, steps: Steps[T]) -> T:
             raise OSError("gone")
 
         def close(self) -> None:

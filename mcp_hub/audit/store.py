@@ -128,6 +128,7 @@ class Verification:
     head_seq: int = 0
     head_hash: str = GENESIS
     anchor_seq: int = 0
+    unfinished: int = 0  # calls whose intent is committed and outcome is not (running, or their hub is gone)
     broken: dict[str, Any] | None = field(default=None)
 
     @property
@@ -137,7 +138,7 @@ class Verification:
     def view(self) -> dict[str, Any]:
         return {"object": "audit.verification", "tenant": self.tenant, "ok": self.ok, "records_checked": self.checked,
                 "head": {"seq": self.head_seq, "hash": self.head_hash}, "anchor_seq": self.anchor_seq,
-                "first_broken_link": self.broken}
+                "unfinished": self.unfinished, "first_broken_link": self.broken}
 
 
 class AuditStore:
@@ -222,8 +223,10 @@ class AuditStore:
         """Walk the tenant's chain from its anchor (or the start) and report the first broken link."""
         head = await self.database.fetch_one("SELECT seq, hash FROM audit_heads WHERE tenant = ?", (tenant,))
         anchor = await self.database.fetch_one("SELECT seq, hash FROM audit_anchors WHERE tenant = ?", (tenant,))
+        unfinished = await self.database.fetch_one("SELECT COUNT(*) AS n FROM audit_intents WHERE tenant = ?", (tenant,))
         report = Verification(tenant, head_seq=int(head["seq"]) if head else 0, head_hash=head["hash"] if head else GENESIS,
-                              anchor_seq=int(anchor["seq"]) if anchor else 0)
+                              anchor_seq=int(anchor["seq"]) if anchor else 0,
+                              unfinished=int(unfinished["n"]) if unfinished else 0)
         expected, prev = report.anchor_seq + 1, anchor["hash"] if anchor else GENESIS
 
         def broken(seq: int, record_id: str | None, problem: str) -> Verification:
