@@ -24,6 +24,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..database import Database
+from ..errors import AuditUnavailable
 from . import intents
 from .record import AuditRecord, ToolHashes, server_error_record, tool_call_record
 from .store import AuditStore, Filters, Verification
@@ -117,7 +118,11 @@ class AuditTrail:
                    if (session := sessions.get(call.server)) is not None else None for call in calls]
         rows = intents.rows([record for record in started if record is not None], self.instance)
         if rows:
-            await asyncio.shield(await self.writer.submit([], rows))
+            try:
+                await asyncio.shield(await self.writer.submit([], rows))
+            except AuditUnavailable:  # the writer's message says a tool ran: none did
+                raise AuditUnavailable("the audit trail cannot record tool calls now (the records database is "
+                                       "unreachable or failing), so none was sent; retry shortly") from None
         return [record.id if record is not None else None for record in started]
 
     async def record(self, records: Sequence[AuditRecord], commits: Commits | None = None,
