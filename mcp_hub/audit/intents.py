@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .. import jsoncodec
 from ..database import Migration, Transaction, drive_in
 from .record import INTERRUPTED, TOOL_CALL, AuditRecord, ToolHashes, _new_id, capped, micros, server_ref
 
@@ -65,7 +66,7 @@ def intent(call: ToolCall, session: ManagedSession, context: CallContext, limit:
 
 def rows(intents: Sequence[AuditRecord], instance: str) -> list[list[Any]]:
     """`audit_intents` rows (the writer process inserts them)."""
-    return [[r.id, r.tenant, instance, r.started_at, json.dumps({name: getattr(r, name) for name in FIELDS})]
+    return [[r.id, r.tenant, instance, r.started_at, jsoncodec.dumps({name: getattr(r, name) for name in FIELDS}).decode()]
             for r in intents]
 
 
