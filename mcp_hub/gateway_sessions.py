@@ -37,9 +37,7 @@ def bind_tenant(scope: Scope, tenant: str) -> None:
 
 
 def opens_session(scope: Scope) -> bool:
-    """A handshake-era request without a session id: the manager would open a session for it."""
-    if scope.get("method") != "POST":
-        return False
+    """A handshake-era request without a session id: the manager opens a session for it (whatever its method)."""
     headers = dict(scope["headers"])
     version = headers.get(MCP_PROTOCOL_VERSION_HEADER.lower().encode())
     return MCP_SESSION_ID_HEADER.lower().encode() not in headers and \
