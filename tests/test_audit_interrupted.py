@@ -18,8 +18,11 @@ import pytest
 
 from mcp_hub.audit import AuditStore
 from mcp_hub.database import Database, open_database
+from mcp_hub.registry import Registry
+from mcp_hub.settings import Settings
 
-from .conftest import free_port, probe_entry, spawn, stop
+from .conftest import ROOT, asgi_client, free_port, probe_entry, spawn, stop
+from .model_fixtures import Call, Reply, ScriptedModel
 
 DEADLINE = 60.0
 
@@ -98,3 +101,29 @@ async def test_a_call_cut_short_by_sigkill_is_recorded_as_interrupted(tmp_path: 
     async with open_database(database_url, tmp_path / "data" / "records.sqlite3") as database:
         assert await intents(database) == []
         assert (await AuditStore(database).verify("default")).ok
+
+
+async def test_a_turn_of_calls_leaves_one_record_each_and_no_intent(tmp_path: Path, scripted_model: ScriptedModel) -> None:
+    """The normal case: every call of a turn (parallel, one failing) gets one record under its intent's id; the
+    intents are gone once the records are committed; a server that could not be opened gets no intent."""
+    registry = Registry.from_data({"servers": {"test/plain": probe_entry(), "test/broken": {
+        "versions": {"1.0.0": {"command": ["{python}", "-c", "raise SystemExit(3)"]}}}}}, root=ROOT)
+    settings = Settings.load(data_dir=tmp_path / "data", openai_base_url=scripted_model.openai_url,
+                             openai_api_key="sk-hub-key", restart_backoff=0.05, connect_timeout=10)
+    async with asgi_client(settings, registry) as (http, hub):
+        scripted_model.push(Reply(tool_calls=[Call(name="test-plain__echo", arguments={"text": "a"}, id="c1"),
+                                              Call(name="test-plain__fail", arguments={"message": "no"}, id="c2"),
+                                              Call(name="test-plain__echo", arguments={"text": "b"}, id="c3")]),
+                            Reply.say("done"))
+        response = await http.post("/v1/chat/completions", json={
+            "model": "openai/gpt-test", "messages": [{"role": "user", "content": "go"}],
+            "mcp_servers": ["test/plain", "test/broken"]})
+        assert response.status_code == 200, response.text
+        listed = (await http.get("/v1/audit/tool-calls")).json()["data"]
+        calls = sorted((r["tool_name"], r["status"]) for r in listed if r["kind"] == "tool_call")
+        assert calls == [("echo", "completed"), ("echo", "completed"), ("fail", "failed")]
+        assert [r["status"] for r in listed if r["kind"] == "server_error"] == ["failed"]
+        assert len({r["id"] for r in listed}) == 4
+        report = (await http.get("/v1/audit/verify")).json()
+        assert report["ok"] is True and report["records_checked"] == 4 and report["unfinished"] == 0
+        assert await intents(hub.audit.store.database) == []
