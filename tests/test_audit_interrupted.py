@@ -127,3 +127,38 @@ async def test_a_turn_of_calls_leaves_one_record_each_and_no_intent(tmp_path: Pa
         report = (await http.get("/v1/audit/verify")).json()
         assert report["ok"] is True and report["records_checked"] == 4 and report["unfinished"] == 0
         assert await intents(hub.audit.store.database) == []
+
+
+async def test_a_hub_stopping_mid_call_leaves_exactly_one_record(tmp_path: Path) -> None:
+    """A clean shutdown while a call runs: the call ends with one record (interrupted, or failed when its session
+    closed first), never none, never two, and no intent is left behind."""
+    from mcp_hub.hub import Hub
+
+    from .conftest import owned
+
+    marker = tmp_path / "sleep-started"
+    settings = Settings.load(data_dir=tmp_path / "data", restart_backoff=0.05, connect_timeout=10)
+    registry = Registry.from_data({"servers": {"test/plain": probe_entry()}}, root=ROOT)
+    outcome: list[BaseException | None] = []
+
+    async def slow(hub: Hub) -> None:
+        try:
+            await hub.call_tool("test/plain", "sleep", {"ms": 60000, "marker": str(marker)})
+        except Exception as exc:  # the trail or the session closed under it
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    async with anyio.create_task_group() as tg:
+        async with owned(Hub(settings, registry)) as hub:
+            tg.start_soon(slow, hub)
+            deadline = time.monotonic() + DEADLINE
+            while not marker.exists():
+                assert time.monotonic() < deadline, "the slow call never started"
+                await anyio.sleep(0.02)
+    assert len(outcome) == 1
+    async with open_database(None, tmp_path / "data" / "records.sqlite3") as database:
+        store = AuditStore(database)
+        records = [record async for record in store.export("default")]
+        assert [(r.tool_name, r.status) for r in records] in ([("sleep", "interrupted")], [("sleep", "failed")])
+        assert await intents(database) == [] and (await store.verify("default")).ok
