@@ -149,13 +149,12 @@ async def test_a_hub_stopping_mid_call_leaves_exactly_one_record(tmp_path: Path)
         else:
             outcome.append(None)
 
-    async with anyio.create_task_group() as tg:
-        async with owned(Hub(settings, registry)) as hub:
-            tg.start_soon(slow, hub)
-            deadline = time.monotonic() + DEADLINE
-            while not marker.exists():
-                assert time.monotonic() < deadline, "the slow call never started"
-                await anyio.sleep(0.02)
+    async with anyio.create_task_group() as tg, owned(Hub(settings, registry)) as hub:
+        tg.start_soon(slow, hub)
+        deadline = time.monotonic() + DEADLINE
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the slow call never started"
+            await anyio.sleep(0.02)
     assert len(outcome) == 1
     async with open_database(None, tmp_path / "data" / "records.sqlite3") as database:
         store = AuditStore(database)
