@@ -6,7 +6,7 @@ OpenAPI document (`openapi.py`), while the handlers build their responses direct
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -137,6 +137,7 @@ class AuditToolCall(_Open):
     turn: int | None
     prev_hash: str
     hash: str
+    status: Literal["completed", "failed", "interrupted", "pruned"]
 
 
 class AuditList(_Open):
@@ -153,4 +154,5 @@ class AuditVerification(_Open):
     records_checked: int
     head: dict[str, Any]
     anchor_seq: int
+    unfinished: int
     first_broken_link: dict[str, Any] | None

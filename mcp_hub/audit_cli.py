@@ -84,13 +84,15 @@ def _when(us: int) -> str:
 
 def _rows(records: list[AuditRecord]) -> list[list[str]]:
     return [[str(r.seq), _when(r.ended_at), r.server_name, r.tool_name or f"({r.kind})",
-             (r.error_code or "error") if r.is_error else "ok", str(r.duration_ms), r.completion_id or "-", r.id]
+             {"completed": "ok", "failed": r.error_code or "error"}.get(r.status, r.status),  # interrupted, pruned
+             str(r.duration_ms), r.completion_id or "-", r.id]
             for r in records]
 
 
 def _verification_line(report: Verification) -> str:
     if report.ok:
-        return f"{report.tenant}: ok, {report.checked} records, head {report.head_seq} {report.head_hash[:16]}…"
+        unfinished = f", {report.unfinished} calls unfinished" if report.unfinished else ""
+        return f"{report.tenant}: ok, {report.checked} records, head {report.head_seq} {report.head_hash[:16]}…{unfinished}"
     broken = report.broken or {}
     return f"{report.tenant}: BROKEN at record {broken.get('seq')}: {broken.get('problem')}" + (
         f" ({broken['record_id']})" if broken.get("record_id") else "")

@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +85,25 @@ Statement = tuple[Method, str, Any]  # (method, sql, params; for execute_many, a
 Steps = Generator[Statement, Any, T]  # a transaction: yields statements, receives their results
 
 
+async def drive_in(tx: Transaction, steps: Steps[T]) -> T:
+    """Run `steps` inside the open transaction `tx`; the generator's return value."""
+    try:
+        method, sql, params = next(steps)
+        while True:
+            result: Any = None
+            if method == "fetch_one":
+                result = await tx.fetch_one(sql, params)
+            elif method == "fetch_all":
+                result = await tx.fetch_all(sql, params)
+            elif method == "execute_many":
+                await tx.execute_many(sql, params)
+            else:
+                result = await tx.execute(sql, params)
+            method, sql, params = steps.send(result)
+    except StopIteration as stop:
+        return stop.value
+
+
 def drive(steps: Steps[T], do: Callable[[Method, str, Any], Any]) -> T:
     """Run `steps` to the end, each statement through `do`; the generator's return value."""
     try:
@@ -97,11 +116,13 @@ def drive(steps: Steps[T], do: Callable[[Method, str, Any], Any]) -> T:
 
 @dataclass(frozen=True)
 class Migration:
-    """One versioned schema step of an owner: `statements`, or `postgresql` there when given."""
+    """One versioned schema step of an owner: `statements`, or `postgresql` there when given; then
+    `after`, a data step in the same transaction (run once, like the statements)."""
 
     version: int
     statements: tuple[str, ...]
     postgresql: tuple[str, ...] | None = None
+    after: Callable[[Transaction], Awaitable[None]] | None = None
 
     def for_dialect(self, dialect: Dialect) -> tuple[str, ...]:
         return self.postgresql if dialect == "postgresql" and self.postgresql is not None else self.statements
@@ -186,6 +207,10 @@ class BlockingWriter(Protocol):
     def run(self, steps: Steps[T]) -> T:
         """Run the transaction `steps`; commit, or roll back if it raises."""
 
+    @property
+    def lost(self) -> bool:
+        """The connection is gone (the server closed it): open a new writer."""
+
     def close(self) -> None: ...
 
 
@@ -210,6 +235,8 @@ async def _apply(tx: Transaction, dialect: Dialect, owner: str, steps: Sequence[
             continue
         for statement in step.for_dialect(dialect):
             await tx.execute(statement)
+        if step.after is not None:
+            await step.after(tx)
         await tx.execute("INSERT INTO schema_migrations (owner, version, applied_at) VALUES (?, ?, ?)",
                          (owner, step.version, time.time()))
 
@@ -315,6 +342,10 @@ class _SQLiteBlockingWriter:
     def run(self, steps: Steps[T]) -> T:
         self._raw.execute("BEGIN IMMEDIATE")
         return _finish(self._raw, steps)
+
+    @property
+    def lost(self) -> bool:
+        return False  # a file: every failure is one transaction's; the next may succeed on the same connection
 
     def close(self) -> None:
         self._raw.close()

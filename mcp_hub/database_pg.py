@@ -38,6 +38,7 @@ from .database import (
 from .errors import ConfigError
 
 Connection = psycopg.Connection[Row]
+CONNECT_TIMEOUT = 10  # seconds the audit writer waits for a connection (unless the URL says): then 503, retried later
 
 
 _VALUES = re.compile(r"(INSERT\s[^?]+?\sVALUES\s*)(\([^()]*\))\s*", re.IGNORECASE | re.DOTALL)
@@ -106,7 +107,7 @@ def _run_batched(connection: Connection, steps: Steps[T]) -> T:
         flush("COMMIT")
         return stop.value
     except BaseException:
-        if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        if not connection.broken and connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             connection.execute("ROLLBACK")
         raise
 
@@ -138,12 +139,18 @@ class PostgresBlockingWriter:
 
     def __init__(self, url: str) -> None:
         try:
-            self._connection: Connection = psycopg.Connection.connect(url, autocommit=True, row_factory=dict_row)
+            options: dict[str, Any] = {} if "connect_timeout" in url else {"connect_timeout": CONNECT_TIMEOUT}
+            self._connection: Connection = psycopg.Connection.connect(url, autocommit=True, row_factory=dict_row,
+                                                                      **options)
         except psycopg.Error as exc:
             raise ConfigError(f"cannot connect to the records database {redacted(url)}: {type(exc).__name__}") from None
 
     def run(self, steps: Steps[T]) -> T:
         return _run_batched(self._connection, steps)
+
+    @property
+    def lost(self) -> bool:
+        return bool(self._connection.broken or self._connection.closed)
 
     def close(self) -> None:
         self._connection.close()
@@ -169,7 +176,10 @@ class PostgresDatabase:
     async def __aenter__(self) -> PostgresDatabase:
         pool: ConnectionPool[Connection] = ConnectionPool(
             self.url, min_size=self._sizes[0], max_size=self._sizes[1], open=False, name="mcp-hub-records",
-            kwargs={"autocommit": True, "row_factory": dict_row}, connection_class=Connection)
+            kwargs={"autocommit": True, "row_factory": dict_row}, connection_class=Connection,
+            # A connection the server closed while idle in the pool (restart, pg_terminate_backend) is
+            # replaced when it is taken, not handed to a query that then fails.
+            check=ConnectionPool.check_connection)
         try:
             await anyio.to_thread.run_sync(lambda: pool.open(wait=True, timeout=self._open_timeout))
         except (PoolTimeout, psycopg.Error, OSError) as exc:

@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from .errors import DeferredInterrupted, HubError
+from .errors import DeferredInterrupted, HubError, StateUnavailable
 from .state import StateStore
 
 log = logging.getLogger("mcp_hub.deferred")
@@ -84,9 +84,16 @@ class DeferredCompletions:
         finally:
             if record is not None:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_TIMEOUT):
-                    await self.state.put(tenant, self._key(request_id), record, self.ttl)
+                    try:
+                        await self.state.put(tenant, self._key(request_id), record, self.ttl)
+                    except StateUnavailable:  # its running record lapses with the lease: polls then say unknown
+                        log.error("deferred completion %s: its result could not be stored (state store unreachable)",
+                                  request_id)
 
     async def _heartbeat(self, tenant: str, request_id: str) -> None:
         while True:
             await anyio.sleep(self.lease / 3)
-            await self.state.put(tenant, self._key(request_id), self._running(), self.lease)
+            try:
+                await self.state.put(tenant, self._key(request_id), self._running(), self.lease)
+            except StateUnavailable:  # the work goes on; the next beat tries again
+                log.warning("deferred completion %s: heartbeat missed (state store unreachable)", request_id)

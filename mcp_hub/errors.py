@@ -28,6 +28,8 @@
     │                              could not be committed, so the result is withheld
     ├── KeysUnavailable (503)      keys_unavailable: the records database holding the
     │                              API keys cannot be read, so the caller is unknown
+    ├── StateUnavailable (503)     state_unavailable: the shared state store (Redis)
+    │                              cannot be reached; nothing that needed it ran
     ├── ProviderError (502)        the model provider failed (provider_error);
     │   │                          `retryable` drives fallback to the next model
     │   ├── ProviderTimeout (504)  provider_timeout
@@ -225,6 +227,18 @@ class KeysUnavailable(HubError):
 
     status = 503
     code = "keys_unavailable"
+    type = "server_error"
+
+
+class StateUnavailable(HubError):
+    """The state store (Redis) could not be reached (HTTP 503): the request that needed it did not proceed.
+
+    Raised by the store itself, the one place that talks to Redis; the store reconnects on its
+    next use, so the same request succeeds once Redis is back.
+    """
+
+    status = 503
+    code = "state_unavailable"
     type = "server_error"
 
 

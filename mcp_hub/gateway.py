@@ -16,6 +16,7 @@ scrubbed and audited like every other call, and a `Relay` (see `backchannel.py`)
 the upstream server's progress, logs, sampling and elicitation requests to this client.
 Tools, resources, prompts and completions pass through as the server sent them (with
 credentials scrubbed); tools withheld by pinning are neither listed nor callable.
+Sessions are bound to the tenant that opened them and capped (`gateway_sessions.py`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from typing import Any, TypeVar
 import mcp.types as types
 from mcp import MCPError
 from mcp.server import Server, ServerRequestContext
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.shared.message import ServerMessageMetadata
@@ -46,6 +46,7 @@ from .bodies import read_body
 from .credentials import Credential
 from .errors import CredentialError, RequestError, ResolutionError, ServerError
 from .executor import CallContext
+from .gateway_sessions import TenantSessions, bind_tenant, opens_session
 from .sessions import ManagedSession
 
 CREDENTIALS_HEADER = "x-hub-credentials"
@@ -182,10 +183,14 @@ class Gateway:
                 on_read_resource=self._read_resource, on_subscribe_resource=self._subscribe,
                 on_unsubscribe_resource=self._unsubscribe, on_list_prompts=self._list_prompts,
                 on_get_prompt=self._get_prompt, on_completion=self._complete, on_set_logging_level=self._set_level)
-        # Host and Origin are checked for every route by `origins.OriginGuard`; the SDK's own check
+        # Host and Origin are checked for every route by `origins.CrossSiteGuard`; the SDK's own check
         # (same rule, plain-text answers) is off. Its Content-Type check for POST stays on regardless.
-        self.manager = StreamableHTTPSessionManager(
-            self.server, security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+        settings = hub.settings
+        self.manager = TenantSessions(self.server,
+                                      security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+                                      per_tenant=settings.gateway_sessions_per_tenant,
+                                      max_sessions=settings.gateway_sessions_max,
+                                      session_idle_timeout=settings.gateway_session_idle_timeout)
 
     def run(self) -> AbstractAsyncContextManager[None]:
         return self.manager.run()
@@ -199,6 +204,12 @@ class Gateway:
         if version is not None and entry.match(version) is None:
             raise RequestError(f"{entry.slug} has no version matching {version!r}", code="version_not_found",
                                param="version")
+        tenant = route.principal.tenant
+        bind_tenant(scope, tenant)  # another tenant's session id is 404 here, as if it did not exist
+        refusal = self.manager.refusal(tenant) if opens_session(scope) else None
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
         if scope["method"] == "POST":
             # Read the body here, capped: a client that leaves mid-body then ends the request quietly
             # (`ClientDisconnect`, see observability.py), where the SDK would log it as an error.

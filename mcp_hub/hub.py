@@ -239,7 +239,8 @@ class Hub:
             if self.settings.audit_enabled:
                 trail = AuditTrail(self._database, max_batch=self.settings.audit_batch_max,
                                    commit_delay=self.settings.audit_commit_delay,
-                                   retention_days=self.settings.audit_retention_days, on_commit=self.metrics.audit_commit)
+                                   retention_days=self.settings.audit_retention_days, on_commit=self.metrics.audit_commit,
+                                   instance_timeout=self.settings.audit_instance_timeout)
                 self._audit = await stack.enter_async_context(trail)
             if self.settings.rate_limit_per_minute:
                 self.limiter = self._state.limiter(self.settings.rate_limit_per_minute, self.settings.rate_limit_burst)
@@ -382,18 +383,26 @@ class Hub:
         Returns once the calls' audit records are committed or, with `commits`, handed to the
         writer: the caller then waits on `commits` before reporting the results to anyone.
         """
+        ids = await self._begin(calls, servers, context)
         batch = await self.executor.run(calls, servers.sessions, parallel=parallel)
         for name, error in batch.server_errors.items():
             servers.errors.setdefault(name, error)
-        await self._record(batch.results, servers, context, commits)
+        await self._record(batch.results, servers, context, commits, ids)
         return batch
+
+    async def _begin(self, calls: Sequence[ToolCall], servers: Servers, context: CallContext | None) -> list[str | None]:
+        """Commit the intent of each call that will reach a server before any is sent; their record ids."""
+        if self._audit is None:
+            return [None] * len(calls)
+        return await self._audit.begin(calls, servers.sessions, context or CallContext(),
+                                       self.settings.audit_result_max_bytes, self._tool_hashes)
 
     async def record_server_errors(self, servers: Servers, context: CallContext | None = None) -> None:
         """Put the request's failed servers in the audit trail (each once per request)."""
         await self._record([], servers, context)
 
     async def _record(self, results: Sequence[ToolResult], servers: Servers, context: CallContext | None,
-                      commits: Commits | None = None) -> None:
+                      commits: Commits | None = None, ids: Sequence[str | None] = ()) -> None:
         """Metrics for `results`, and their audit records (with any new server failures), committed."""
         for result in results:
             server, tool = call_labels(servers.sessions.get(result.server_name), result.tool_name)
@@ -406,9 +415,9 @@ class Hub:
         context = context or CallContext()
         limit = self.settings.audit_result_max_bytes
         records: list[AuditRecord] = [server_error_record(name, servers.errors[name], context, limit) for name in failed]
-        records += [tool_call_record(result, servers.sessions.get(result.server_name), context, limit, self._tool_hashes)
-                    for result in results]
-        await self._audit.record(records, commits)
+        records += [tool_call_record(result, servers.sessions.get(result.server_name), context, limit, self._tool_hashes,
+                                     ids[index] if index < len(ids) else None) for index, result in enumerate(results)]
+        await self._audit.record(records, commits, [ident for ident in ids if ident is not None])
 
     # -- one-shot operations (API and CLI) ----------------------------------------------------
 
@@ -420,9 +429,11 @@ class Hub:
             raise RequestError("`server` names exactly one server", param="server")
         servers = self.open_servers(server, credentials, tenant=tenant)
         name = next(iter(servers.sessions), None) or next(iter(servers.errors), str(server))
-        result = await self.executor.call(ToolCall(server=name, tool=tool, arguments=arguments),
-                                          servers.sessions.get(name), servers.errors)
-        await self._record([result], servers, context or CallContext(tenant=tenant, source="direct"))
+        context = context or CallContext(tenant=tenant, source="direct")
+        call = ToolCall(server=name, tool=tool, arguments=arguments)
+        ids = await self._begin([call], servers, context)
+        result = await self.executor.call(call, servers.sessions.get(name), servers.errors)
+        await self._record([result], servers, context, ids=ids)
         return result, servers
 
     def entry(self, slug: str) -> Entry:

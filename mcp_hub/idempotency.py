@@ -27,7 +27,7 @@ from typing import Any
 
 import anyio
 
-from .errors import IdempotencyConflict
+from .errors import IdempotencyConflict, StateUnavailable
 from .state import StateStore
 
 log = logging.getLogger("mcp_hub.idempotency")
@@ -107,13 +107,20 @@ class IdempotencyStore:
         with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_TIMEOUT):
             # Our claim lapsed (a run longer than the lease)? Store the response if the slot is free;
             # a retry that claimed it meanwhile is running the request itself and keeps its claim.
-            if not await self.state.swap(tenant, slot, running, record, self.ttl) \
-                    and not await self.state.put_new(tenant, slot, record, self.ttl):
-                log.warning("idempotency: a request outlived its claim's lease (%g s); a retry took it over", self.lease)
+            try:
+                if not await self.state.swap(tenant, slot, running, record, self.ttl) \
+                        and not await self.state.put_new(tenant, slot, record, self.ttl):
+                    log.warning("idempotency: a request outlived its claim's lease (%g s); a retry took it over",
+                                self.lease)
+            except StateUnavailable:  # the answer still goes out; a retry after the lease runs afresh
+                log.error("idempotency: a response could not be stored (state store unreachable)")
 
     async def abandon(self, tenant: str, key: str) -> None:
         running = self._claimed.pop((tenant, key), None)
         if running is None:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_TIMEOUT):
-            await self.state.swap(tenant, self._key(key), running, None, 0)  # only our own claim
+            try:
+                await self.state.swap(tenant, self._key(key), running, None, 0)  # only our own claim
+            except StateUnavailable:  # the claim lapses with its lease
+                log.error("idempotency: a claim could not be released (state store unreachable)")

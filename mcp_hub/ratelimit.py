@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .authentication import PUBLIC_PATHS
-from .errors import RateLimited
+from .errors import RateLimited, StateUnavailable
 
 Clock = Callable[[], float]
 
@@ -126,7 +126,11 @@ class RateLimiting:
         if limiter is None:
             await self.app(scope, receive, send)
             return
-        decision = await limiter.hit(caller_key(scope))
+        try:
+            decision = await limiter.hit(caller_key(scope))
+        except StateUnavailable as exc:  # shared buckets out of reach: refuse rather than count nothing
+            await JSONResponse(exc.to_body(), status_code=exc.status)(scope, receive, send)
+            return
         extra = [(name.encode(), value.encode()) for name, value in decision.headers().items()]
         if not decision.allowed:
             error = RateLimited(f"rate limit of {decision.limit} requests per minute exceeded; "

@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     audit_commit_delay: float = Field(
         0.015, ge=0, le=0.5, description="Seconds an audit transaction may wait for more records once writes arrive "
         "concurrently: fewer commits under load; 0: never wait.")
+    audit_instance_timeout: float = Field(
+        60.0, gt=0, description="Seconds without a heartbeat after which a hub instance counts as gone: the tool calls "
+        "it had started and not finished are recorded as `interrupted` (by any hub on the records database).")
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per log line, each with the request's X-Request-Id.")
 
@@ -203,6 +206,12 @@ class Settings(BaseSettings):
     gateway_allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origin headers the MCP gateway accepts besides loopback origins "
         "(`https://app.example`, `http://name:*`); requests without an Origin are always accepted.")
+    # Gateway sessions (handshake-era clients; 2026-era requests keep none): each bound to the tenant that
+    # opened it, capped, and closed when idle. Over a cap, opening one more is refused (429 per tenant, 503 in all).
+    gateway_sessions_max: int = Field(1000, ge=1, description="Open MCP gateway sessions at most, all tenants together.")
+    gateway_sessions_per_tenant: int = Field(100, ge=1, description="Open MCP gateway sessions at most per tenant.")
+    gateway_session_idle_timeout: float = Field(
+        300.0, gt=0, description="Seconds without a request after which a gateway session is closed (its id then 404s).")
 
     # The HTTP edge: what anonymous callers may do, which proxies are believed, request-head caps and timeouts.
     anonymous_admin: bool = Field(

@@ -176,17 +176,66 @@ async def test_retention_prunes_a_prefix_and_what_remains_verifies(store: AuditS
     young = await write(store, 2, ended=now)
     removed = await store.prune(7 * 86400, now=now)
     assert removed == {"acme": 3, "other": 2}
-    assert [r.seq async for r in store.export("acme")] == [4, 5]
+    remaining = [r async for r in store.export("acme")]
+    assert [(r.seq, r.kind) for r in remaining] == [(4, "tool_call"), (5, "tool_call"), (6, "retention")]
+    assert remaining[0].prev_hash == remaining[-1].pruned_through()[1]  # type: ignore[index]
+    assert remaining[-1].pruned_through()[0] == 3 and remaining[-1].view()["status"] == "pruned"  # type: ignore[index]
     report = await store.verify("acme")
-    assert report.ok and report.anchor_seq == 3 and report.checked == 2 and report.head_hash == young[-1].hash
+    assert report.ok and report.anchor_seq == 3 and report.checked == 3 and report.head_hash == remaining[-1].hash
+    assert young[-1].hash == remaining[1].hash
     assert (await store.verify("other")).ok
     assert await store.prune(7 * 86400, now=now) == {}  # nothing more to do
     after = await write(store, 1)
-    assert after[0].seq == 6 and (await store.verify("acme")).ok
+    assert after[0].seq == 7 and (await store.verify("acme")).ok
     # Deleting the oldest remaining record is still found, though a prefix is gone legitimately.
     await sql(database, "DELETE FROM audit_records WHERE tenant = ? AND seq = ?", ("acme", 4))
     broken = (await store.verify("acme")).broken
     assert broken is not None and broken["seq"] == 4
+
+
+async def forge_anchor(database: Database, tenant: str, through: int) -> None:
+    """What an attacker with write access to the records database does: delete the oldest records and point
+    the anchor at the last one deleted (no hashing needed)."""
+    row = await database.fetch_one("SELECT hash FROM audit_records WHERE tenant = ? AND seq = ?", (tenant, through))
+    assert row is not None
+    await sql(database, "DELETE FROM audit_records WHERE tenant = ? AND seq <= ?", (tenant, through))
+    await sql(database, "DELETE FROM audit_anchors WHERE tenant = ?", (tenant,))
+    await sql(database, "INSERT INTO audit_anchors (tenant, seq, hash, pruned_at) VALUES (?, ?, ?, ?)",
+              (tenant, through, row["hash"], 0))
+
+
+async def test_a_forged_anchor_is_found(store: AuditStore, database: Database) -> None:
+    now = time.time()
+    await write(store, 3, ended=now - 10 * 86400)
+    await write(store, 4, ended=now)
+    await write(store, 4, tenant="never-pruned", ended=now)
+    assert await store.prune(7 * 86400, now=now) == {"acme": 3}
+    assert (await store.verify("acme")).ok  # the honest prune
+    await forge_anchor(database, "acme", 5)  # two more of the oldest records gone, the anchor moved after them
+    broken = (await store.verify("acme")).broken
+    assert broken is not None and broken["seq"] == 5 and "retention anchor" in broken["problem"]
+    await forge_anchor(database, "never-pruned", 2)  # an anchor where retention never ran
+    broken = (await store.verify("never-pruned")).broken
+    assert broken is not None and broken["seq"] == 2 and "retention anchor" in broken["problem"]
+
+
+async def test_anchors_of_older_versions_still_verify(database: Database) -> None:
+    """A chain pruned by a version whose anchors were outside the chain: the upgrade vouches for them once."""
+    from mcp_hub.audit.store import MIGRATIONS
+
+    await database.migrate("audit", MIGRATIONS[:1])  # the schema as the older version left it
+    old = AuditStore(database)
+    await old.append([make(ended=time.time() - 10 * 86400) for _ in range(3)] + [make() for _ in range(2)])
+    await forge_anchor(database, "acme", 3)  # what its retention did: delete, then anchor
+    await old.migrate()  # the upgrade
+    report = await old.verify("acme")
+    assert report.ok and report.anchor_seq == 3 and report.checked == 3
+    assert [(r.seq, r.kind) async for r in old.export("acme")][-1] == (6, "retention")
+    await old.migrate()  # once only: a later start vouches for nothing
+    assert (await old.verify("acme")).checked == 3
+    await forge_anchor(database, "acme", 4)
+    await old.migrate()
+    assert not (await old.verify("acme")).ok
 
 
 async def test_the_writer_process_does_not_hold_records_longer_than_the_commit_delay(database: Database) -> None:
@@ -256,5 +305,6 @@ async def test_the_trail_prunes_by_itself_when_retention_is_set(store: AuditStor
         deadline = time.monotonic() + 10
         while (report := await store.verify("acme")).anchor_seq != 3 and time.monotonic() < deadline:
             await anyio.sleep(0.02)
-    assert report.anchor_seq == 3 and report.ok and report.checked == 0 and report.head_hash == old[-1].hash
+    # What remains is the retention record (seq 4), chained onto the last record it removed.
+    assert report.anchor_seq == 3 and report.ok and report.checked == 1 and report.head_seq == 4
     assert await store.get("acme", old[0].id) is None

@@ -28,7 +28,10 @@ if TYPE_CHECKING:  # annotations only: the audit writer process (child.py) must 
 
 GENESIS = "0" * 64  # the "previous hash" of a tenant's first record
 MAX_NAME = 256  # characters kept of a caller-chosen name (server instance, tool, model, correlation id)
-TOOL_CALL, SERVER_ERROR = "tool_call", "server_error"
+# kind: a tool execution; a server that failed; retention removing the chain's oldest records
+# (the record says through which seq and hash, so the anchor verification starts from is vouched
+# for by the chain itself).
+TOOL_CALL, SERVER_ERROR, RETENTION = "tool_call", "server_error", "retention"
 
 
 @dataclass
@@ -37,8 +40,8 @@ class AuditRecord:
 
     id: str
     tenant: str
-    kind: str  # tool_call | server_error (a server that failed: no tool, an error code)
-    source: str  # completion | handoff | deferred | direct | gateway
+    kind: str  # tool_call | server_error (a server that failed: no tool, an error code) | retention
+    source: str  # completion | handoff | deferred | direct | gateway | retention
     completion_id: str | None
     correlation_id: str | None
     key_id: str | None
@@ -73,7 +76,26 @@ class AuditRecord:
         fields["result"] = json.loads(self.result)
         fields["started_at"] = _rfc3339(self.started_at)
         fields["ended_at"] = _rfc3339(self.ended_at)
-        return {"object": "audit.tool_call", **fields}
+        return {"object": "audit.tool_call", **fields, "status": self.status}
+
+    @property
+    def status(self) -> str:
+        """completed | failed | interrupted (the hub stopped while the call ran) | pruned (a retention record)."""
+        if self.kind == RETENTION:
+            return "pruned"
+        if self.error_code == INTERRUPTED:
+            return "interrupted"
+        return "failed" if self.is_error else "completed"
+
+    def pruned_through(self) -> tuple[int, str] | None:
+        """A retention record's (seq, hash) of the last record it removed; None for other records."""
+        if self.kind != RETENTION:
+            return None
+        try:
+            data = json.loads(self.result)
+            return int(data["pruned_through_seq"]), str(data["pruned_through_hash"])
+        except (ValueError, KeyError, TypeError):
+            return None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> AuditRecord:
@@ -83,6 +105,7 @@ class AuditRecord:
 
 
 CONTENT = tuple(f.name for f in dataclass_fields(AuditRecord) if f.name != "hash")
+INTERRUPTED = "interrupted"  # error_code of a call whose hub stopped while it ran (see intents in store.py)
 
 
 def chain_hash(prev_hash: str, content: dict[str, Any]) -> str:
@@ -167,12 +190,13 @@ class ToolHashes:
 
 
 def tool_call_record(result: ToolResult, session: ManagedSession | None, context: CallContext, limit: int,
-                     hashes: ToolHashes | None = None) -> AuditRecord:
+                     hashes: ToolHashes | None = None, record_id: str | None = None) -> AuditRecord:
+    """The outcome record of a call; `record_id`: its intent's id (see intents.py), if one was committed."""
     arguments, _ = capped(result.arguments, limit)
     text, cut = capped(result.result, limit)
     started = result.started_at or time.time() - result.duration_ms / 1000
     return AuditRecord(
-        id=_new_id(), tenant=context.tenant, kind=TOOL_CALL, source=context.source,
+        id=record_id or _new_id(), tenant=context.tenant, kind=TOOL_CALL, source=context.source,
         completion_id=context.request_id, correlation_id=short(context.correlation_id), key_id=context.key_id,
         server_name=instance_name(result.server_name), server_ref=short(server_ref(session)),
         tool_name=short(result.tool_name),
@@ -195,3 +219,15 @@ def server_error_record(name: str, error: ServerError, context: CallContext, lim
         result_bytes=len(data.encode()), result_sha256=hashlib.sha256(data.encode()).hexdigest(),
         result_truncated=False, is_error=True, error_code=error.code, duration_ms=0, started_at=now, ended_at=now,
         model=short(context.model), turn=context.turn)
+
+
+def retention_record(tenant: str, through_seq: int, through_hash: str, removed: int | None, cutoff: int) -> AuditRecord:
+    """The chained record of one retention run: records up to `through_seq` (hash `through_hash`) removed."""
+    data = json.dumps({"pruned_through_seq": through_seq, "pruned_through_hash": through_hash,
+                       "records_removed": removed, "cutoff": _rfc3339(cutoff)}, separators=(",", ":"))
+    now = micros(time.time())
+    return AuditRecord(
+        id=_new_id(), tenant=tenant, kind=RETENTION, source=RETENTION, completion_id=None, correlation_id=None,
+        key_id=None, server_name="", server_ref=None, tool_name=None, tool_hash=None, arguments="{}", result=data,
+        result_bytes=len(data), result_sha256=hashlib.sha256(data.encode()).hexdigest(), result_truncated=False,
+        is_error=False, error_code=None, duration_ms=0, started_at=now, ended_at=now, model=None, turn=None)

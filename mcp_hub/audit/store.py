@@ -6,7 +6,12 @@ Tables (owner "audit"):
   tenant's head row (PostgreSQL: the upsert's row lock; SQLite: the one writer), so that
   concurrent writers, also in other hub processes, extend the chain one after the other.
 - `audit_anchors`: per tenant, the seq and hash of the last record removed by retention;
-  verification of what remains starts from it.
+  verification of what remains starts from it. An anchor is only a pointer: each retention
+  run also appends a chained `retention` record naming the seq and hash it pruned through,
+  and `verify` accepts the anchor only if the chain's latest retention record names it. So
+  deleting more of the oldest records and moving the anchor breaks verification; getting
+  past it means forging chain records (see the README, "Audit trail", for what a hash chain
+  can and cannot show).
 
 The SQL is portable (SQLite ≥ 3.35 for RETURNING): one code path for both backends.
 """
@@ -18,8 +23,17 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..database import Database, Migration, Steps, Transaction
-from .record import GENESIS, AuditRecord, chain_hash, micros
+from ..database import Database, Migration, Steps, Transaction, drive_in
+from . import intents as _intents
+from .record import GENESIS, AuditRecord, chain_hash, micros, retention_record
+
+
+async def _vouch_for_anchors(tx: Transaction) -> None:
+    """Migration 2, once: the anchors that older versions kept outside the chain get their retention
+    record, so that chains pruned before the upgrade still verify."""
+    for anchor in await tx.fetch_all("SELECT tenant, seq, hash, pruned_at FROM audit_anchors ORDER BY tenant"):
+        record = retention_record(anchor["tenant"], int(anchor["seq"]), anchor["hash"], None, int(anchor["pruned_at"]))
+        await drive_in(tx, AuditStore.chain_and_insert([record]))
 
 MIGRATIONS = [
     Migration(1, (
@@ -59,6 +73,8 @@ MIGRATIONS = [
         """CREATE TABLE audit_anchors (tenant TEXT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL,
             pruned_at BIGINT NOT NULL)""",
     )),
+    Migration(2, (), after=_vouch_for_anchors),
+    _intents.MIGRATION,
 ]
 
 COLUMNS = [f.name for f in fields(AuditRecord)]
@@ -112,6 +128,7 @@ class Verification:
     head_seq: int = 0
     head_hash: str = GENESIS
     anchor_seq: int = 0
+    unfinished: int = 0  # calls whose intent is committed and outcome is not (running, or their hub is gone)
     broken: dict[str, Any] | None = field(default=None)
 
     @property
@@ -121,7 +138,7 @@ class Verification:
     def view(self) -> dict[str, Any]:
         return {"object": "audit.verification", "tenant": self.tenant, "ok": self.ok, "records_checked": self.checked,
                 "head": {"seq": self.head_seq, "hash": self.head_hash}, "anchor_seq": self.anchor_seq,
-                "first_broken_link": self.broken}
+                "unfinished": self.unfinished, "first_broken_link": self.broken}
 
 
 class AuditStore:
@@ -143,8 +160,12 @@ class AuditStore:
         await self.database.run(self.chain_and_insert(records))
 
     @staticmethod
-    def chain_and_insert(records: Sequence[AuditRecord]) -> Steps[None]:
-        """The transaction of `append`: the records chained onto their tenants' heads, inserted."""
+    def chain_and_insert(records: Sequence[AuditRecord], intents: Sequence[Sequence[Any]] = (),
+                         done: Sequence[str] = ()) -> Steps[None]:
+        """The transaction of `append`: the records chained onto their tenants' heads, inserted; `intents`
+        (rows, see intents.py) inserted, and the intents `done` (which these records complete) deleted."""
+        if intents:
+            yield ("execute_many", _intents.INSERT, list(intents))
         by_tenant: dict[str, list[AuditRecord]] = {}
         for record in records:
             by_tenant.setdefault(record.tenant, []).append(record)
@@ -157,6 +178,8 @@ class AuditStore:
                 record.hash = prev = chain_hash(prev, record.content())
             yield ("execute_many", _INSERT, [[getattr(r, c) for c in COLUMNS] for r in by_tenant[tenant]])
             yield ("send", "UPDATE audit_heads SET seq = ?, hash = ? WHERE tenant = ?", (seq, prev, tenant))
+        if done:  # the outcomes of calls whose intents were committed before they were sent
+            yield ("send", f"DELETE FROM audit_intents WHERE id IN ({', '.join('?' for _ in done)})", list(done))
 
     async def get(self, tenant: str | None, record_id: str) -> AuditRecord | None:
         """The record `record_id` of `tenant` (None: of any tenant, for operators)."""
@@ -200,13 +223,17 @@ class AuditStore:
         """Walk the tenant's chain from its anchor (or the start) and report the first broken link."""
         head = await self.database.fetch_one("SELECT seq, hash FROM audit_heads WHERE tenant = ?", (tenant,))
         anchor = await self.database.fetch_one("SELECT seq, hash FROM audit_anchors WHERE tenant = ?", (tenant,))
+        unfinished = await self.database.fetch_one("SELECT COUNT(*) AS n FROM audit_intents WHERE tenant = ?", (tenant,))
         report = Verification(tenant, head_seq=int(head["seq"]) if head else 0, head_hash=head["hash"] if head else GENESIS,
-                              anchor_seq=int(anchor["seq"]) if anchor else 0)
+                              anchor_seq=int(anchor["seq"]) if anchor else 0,
+                              unfinished=int(unfinished["n"]) if unfinished else 0)
         expected, prev = report.anchor_seq + 1, anchor["hash"] if anchor else GENESIS
 
         def broken(seq: int, record_id: str | None, problem: str) -> Verification:
             report.broken = {"seq": seq, "record_id": record_id, "problem": problem}
             return report
+
+        vouched: tuple[int, str] | None = None  # what the chain's latest retention record pruned through
 
         after = -1
         while True:
@@ -224,9 +251,13 @@ class AuditStore:
                     return broken(record.seq, record.id, "content does not match its hash (edited)")
                 report.checked += 1
                 prev, expected = record.hash, expected + 1
+                vouched = record.pruned_through() or vouched
             if len(rows) < PAGE:
                 break
             after = int(rows[-1]["seq"])
+        if anchor is not None and vouched != (report.anchor_seq, anchor["hash"]):
+            return broken(report.anchor_seq, None, "the retention anchor is not the one the chain's latest retention "
+                          "record names (records deleted and the anchor moved)")
         last = expected - 1
         if last < report.head_seq:
             return broken(expected, None, f"records {expected}..{report.head_seq} are missing (deleted at the end)")
@@ -247,7 +278,8 @@ class AuditStore:
         """Delete each tenant's records that ended more than `older_than` seconds ago, oldest first.
 
         Only a prefix of a chain goes: from its first record still young, everything stays.
-        The last removed record's seq and hash become the tenant's anchor. Returns removed counts.
+        The last removed record's seq and hash become the tenant's anchor, and a retention record
+        naming them joins the chain in the same transaction. Returns removed counts.
         """
         cutoff = micros((time.time() if now is None else now) - older_than)
         removed: dict[str, int] = {}
@@ -262,6 +294,7 @@ class AuditStore:
                 if last <= (int(anchor["seq"]) if anchor else 0) or row is None:
                     continue
                 count = await tx.execute("DELETE FROM audit_records WHERE tenant = ? AND seq <= ?", (tenant, last))
+                await drive_in(tx, self.chain_and_insert([retention_record(tenant, last, row["hash"], count, cutoff)]))
                 await tx.execute("INSERT INTO audit_anchors (tenant, seq, hash, pruned_at) VALUES (?, ?, ?, ?) "
                                  "ON CONFLICT (tenant) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
                                  "pruned_at = excluded.pruned_at", (tenant, last, row["hash"], micros(time.time())))

@@ -70,13 +70,16 @@ class AuditWriter:
             await reader  # every acknowledgement read
         self._process = self._reader = None
 
-    async def write(self, records: Sequence[AuditRecord]) -> None:
+    async def write(self, records: Sequence[AuditRecord], done: Sequence[str] = ()) -> None:
         """Return once `records` are committed; `AuditUnavailable` if they could not be."""
         # Cancelled (request timeout, client gone): the records are committed all the same.
-        await asyncio.shield(await self.submit(records))
+        await asyncio.shield(await self.submit(records, done=done))
 
-    async def submit(self, records: Sequence[AuditRecord]) -> asyncio.Future[None]:
-        """Hand `records` to the child; the future settles once they are committed (or could not be)."""
+    async def submit(self, records: Sequence[AuditRecord], intents: Sequence[Sequence[Any]] = (),
+                     done: Sequence[str] = ()) -> asyncio.Future[None]:
+        """Hand `records` (and `intents`, rows of calls about to be sent: committed without waiting for more
+        writes; `done`, the ids of intents the records complete) to the child; the future settles once they
+        are committed (or could not be)."""
         if self._closing:
             raise AuditUnavailable("the audit trail is closed: the hub is shutting down")
         process = self._process
@@ -89,7 +92,11 @@ class AuditWriter:
         future.add_done_callback(_retrieved)  # an error nobody awaits any more (cancelled caller) is not logged
         self._pending[ident] = future
         contents = [{name: getattr(record, name) for name in SENT} for record in records]
-        line = {"id": ident, "t": time.monotonic(), "records": contents}  # t: the child's commit delay counts from here
+        line: dict[str, Any] = {"id": ident, "t": time.monotonic(), "records": contents}  # t: the commit delay counts from here
+        if intents:
+            line.update(intents=list(intents), now=True)
+        if done:
+            line["done"] = list(done)
         process.stdin.write(jsoncodec.dumps(line) + b"\n")
         if process.stdin.transport.get_write_buffer_size() > BUFFER_LIMIT:
             await process.stdin.drain()

@@ -124,7 +124,9 @@ async function showExecutions(append) {
   const tbody = $("#executions-table tbody");
   if (!append) tbody.replaceChildren();
   for (const record of body.data) {
-    const result = el("span", record.is_error ? (record.error_code || "error") : "ok", record.is_error ? "bad" : "good");
+    // completed | failed (with its code) | interrupted (the hub stopped mid-call) | pruned (a retention record)
+    const label = record.status === "failed" ? "failed: " + (record.error_code || "error") : record.status;
+    const result = el("span", label, record.status === "completed" || record.status === "pruned" ? "good" : "bad");
     const tr = row([record.seq, record.ended_at.replace("T", " ").replace(/\.\d+Z$/, "Z"), record.source,
                     record.server_name, record.tool_name || "(" + record.kind + ")", result, record.duration_ms,
                     record.completion_id || ""]);
@@ -150,6 +152,7 @@ async function showChain() {
   verdict.id = "chain-verdict";
   box.appendChild(verdict);
   box.appendChild(el("p", "tenant " + report.tenant + ", " + report.records_checked + " record(s) checked"));
+  if (report.unfinished) box.appendChild(el("p", report.unfinished + " call(s) running (or cut short, not yet recorded as interrupted)", "muted"));
   if (report.head && report.head.hash) box.appendChild(el("p", "head #" + report.head.seq + "  " + report.head.hash, "muted"));
   if (report.first_broken_link) box.appendChild(el("pre", JSON.stringify(report.first_broken_link, null, 2)));
   status("");

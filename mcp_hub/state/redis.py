@@ -6,21 +6,30 @@ Keys, under `state_prefix` (default `mcp-hub:`):
   another's keys.
 - `<prefix>rl:<caller>`: a rate-limit token bucket, a hash {tokens, at} updated by one Lua
   script (atomic), expiring once the bucket would be full again.
+
+This module is the one boundary between redis-py and the hub: a Redis that cannot be reached
+(refused, reset, timed out) becomes `StateUnavailable` (HTTP 503 `state_unavailable`) here, and
+nowhere else. redis-py's pool opens a new connection on the next command, so requests succeed
+again as soon as Redis is back, without a restart.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import anyio
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StateUnavailable
 from ..ratelimit import Decision
 from .base import JSON, Clock
 
@@ -66,6 +75,19 @@ def _millis(ttl: float) -> int:
     return max(1, math.ceil(ttl * 1000))
 
 
+SOCKET_TIMEOUT = 10.0  # seconds a command may wait on Redis before the request answers 503
+
+
+@contextmanager
+def reachable() -> Iterator[None]:
+    """Translate redis-py's "Redis is not there" errors into `StateUnavailable` (no URL, no detail)."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise StateUnavailable(f"the state store (Redis) cannot be reached ({type(exc).__name__}); "
+                               "retry once it is back") from None
+
+
 def redacted(url: str) -> str:
     """`url` with any password masked, for messages."""
     parts = urlsplit(url)
@@ -91,7 +113,8 @@ class RedisStore:
         return self._client
 
     async def __aenter__(self) -> RedisStore:
-        client = aioredis.Redis.from_url(self.url, socket_connect_timeout=5, health_check_interval=30)
+        client = aioredis.Redis.from_url(self.url, socket_connect_timeout=5,
+                                          socket_timeout=SOCKET_TIMEOUT, health_check_interval=30)
         try:
             await client.ping()
         except (RedisError, OSError) as exc:
@@ -110,23 +133,28 @@ class RedisStore:
         return f"{self.prefix}t:{quote(tenant, safe='')}:{key}"
 
     async def put(self, tenant: str, key: str, value: JSON, ttl: float) -> None:
-        await self.client.set(self.key(tenant, key), json.dumps(value), px=_millis(ttl))
+        with reachable():
+            await self.client.set(self.key(tenant, key), json.dumps(value), px=_millis(ttl))
 
     async def put_new(self, tenant: str, key: str, value: JSON, ttl: float) -> bool:
-        return bool(await self.client.set(self.key(tenant, key), json.dumps(value), px=_millis(ttl), nx=True))
+        with reachable():
+            return bool(await self.client.set(self.key(tenant, key), json.dumps(value), px=_millis(ttl), nx=True))
 
     async def get(self, tenant: str, key: str) -> JSON | None:
-        text = await self.client.get(self.key(tenant, key))
+        with reachable():
+            text = await self.client.get(self.key(tenant, key))
         return None if text is None else json.loads(text)
 
     async def delete(self, tenant: str, key: str) -> None:
-        await self.client.delete(self.key(tenant, key))
+        with reachable():
+            await self.client.delete(self.key(tenant, key))
 
     async def swap(self, tenant: str, key: str, expected: JSON, value: JSON | None, ttl: float) -> bool:
         if self._swap is None:
             self._swap = self.client.register_script(_SWAP)
         new = "" if value is None else json.dumps(value)
-        return bool(await self._swap(keys=[self.key(tenant, key)], args=[json.dumps(expected), new, _millis(ttl)]))
+        with reachable():
+            return bool(await self._swap(keys=[self.key(tenant, key)], args=[json.dumps(expected), new, _millis(ttl)]))
 
     async def changed(self, tenant: str, key: str, timeout: float) -> None:
         await anyio.sleep(timeout)  # no notification across processes: the caller polls
@@ -156,8 +184,9 @@ class RedisTokenBuckets:
         if self._script is None:
             self._script = self.store.client.register_script(_TOKEN_BUCKET)
         now = self._clock() if self._clock is not None else -1.0
-        allowed, left = await self._script(keys=[f"{self.store.prefix}rl:{key}"],
-                                           args=[repr(self.capacity), repr(self.rate), repr(now)])
+        with reachable():
+            allowed, left = await self._script(keys=[f"{self.store.prefix}rl:{key}"],
+                                               args=[repr(self.capacity), repr(self.rate), repr(now)])
         tokens = float(left)
         return Decision(allowed=bool(allowed), limit=self.limit, remaining=int(tokens),
                         reset=(self.capacity - tokens) / self.rate,
