@@ -29,7 +29,8 @@ DEADLINE = 60.0
 
 def serve(tmp_path: Path, database_url: str | None) -> tuple[str, Any]:
     registry = tmp_path / "registry.yaml"
-    registry.write_text(json.dumps({"servers": {"test/plain": probe_entry()}}))
+    # Unsandboxed: the sleep tool signals through a marker file in the test's folder.
+    registry.write_text(json.dumps({"servers": {"test/plain": probe_entry(sandbox=False)}}))
     port = free_port()
     env = {"MCP_HUB_AUDIT_INSTANCE_TIMEOUT": "1"}
     if database_url:
@@ -138,7 +139,7 @@ async def test_a_hub_stopping_mid_call_leaves_exactly_one_record(tmp_path: Path)
 
     marker = tmp_path / "sleep-started"
     settings = Settings.load(data_dir=tmp_path / "data", restart_backoff=0.05, connect_timeout=10)
-    registry = Registry.from_data({"servers": {"test/plain": probe_entry()}}, root=ROOT)
+    registry = Registry.from_data({"servers": {"test/plain": probe_entry(sandbox=False)}}, root=ROOT)
     outcome: list[BaseException | None] = []
 
     async def slow(hub: Hub) -> None:

@@ -15,7 +15,7 @@ from mcp_hub.authentication import is_loopback, presented_key
 from mcp_hub.registry import Registry
 from mcp_hub.settings import Settings
 
-from .conftest import asgi_client, owned
+from .conftest import ROOT, asgi_client, owned, probe_entry
 from .test_api import assert_error
 
 
@@ -27,9 +27,13 @@ async def keys(settings: Settings) -> AsyncIterator[KeyStore]:
 
 
 @pytest.fixture
-async def secured(settings: Settings, registry: Registry, keys: KeyStore) -> AsyncIterator[httpx2.AsyncClient]:
-    """A hub whose store already had a key at start-up: authentication is on."""
+async def secured(settings: Settings, keys: KeyStore) -> AsyncIterator[httpx2.AsyncClient]:
+    """A hub whose store already had a key at start-up: authentication is on.
+
+    The probe runs unsandboxed: the tests tell sessions apart by the child's host pid (every
+    sandboxed child has its own PID namespace, where its pid is the same small number)."""
     await keys.create("bootstrap")
+    registry = Registry.from_data({"servers": {"test/probe": probe_entry(sandbox=False)}}, root=ROOT)
     async with asgi_client(settings, registry) as (client, hub):
         client.hub_keys = hub.keys  # type: ignore[attr-defined]
         yield client

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx2
+import pytest
 
 from mcp_hub.audit.record import MAX_NAME, instance_name, short
+from mcp_hub.settings import Settings
 
 HUGE = "n" * (1 << 20)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """A keyless hub whose anonymous caller may read /metrics (an admin route)."""
+    return Settings.load(data_dir=tmp_path / "data", connect_timeout=20, restart_backoff=0.05, anonymous_admin=True)
 
 
 async def test_huge_instance_names_and_url_secrets_stay_out_of_metrics(api: httpx2.AsyncClient, probe_http: str) -> None:

@@ -38,6 +38,7 @@ def body_text(body: Any, depth: int) -> bytes:
 async def chat(tmp_path: Path, scripted_model: ScriptedModel) -> AsyncIterator[httpx2.AsyncClient]:
     registry = Registry.from_data({"servers": {"test/probe": probe_entry()}}, root=ROOT)
     async with asgi_client(chat_settings(tmp_path, scripted_model), registry) as (client, _):
+        client.headers["content-type"] = "application/json"  # bodies given as raw bytes are JSON too
         yield client
 
 

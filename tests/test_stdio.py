@@ -114,13 +114,16 @@ def test_thread_states_of_a_process_tree() -> None:
             deadline = time.monotonic() + 10
             while not psutil.Process(idle.pid).children() and time.monotonic() < deadline:
                 time.sleep(0.02)
+            # Just after fork and exec the child may still be runnable for a moment: it settles asleep.
+            while _runnable(idle.pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
             assert _runnable(idle.pid) is False
         finally:
             os.killpg(idle.pid, signal.SIGKILL)
 
 
-def heavy_registry(**limits: Any) -> Registry:
-    entry = {"description": "heavy", "tags": ["test"], "limits": limits,
+def heavy_registry(*, sandbox: bool = True, **limits: Any) -> Registry:
+    entry = {"description": "heavy", "tags": ["test"], "limits": limits, "sandbox": sandbox,
              "versions": {"1.0.0": {"command": ["{python}", str(HEAVY)]}}}
     return Registry.from_data({"servers": {SERVER: entry}}, root=ROOT)
 
@@ -166,7 +169,8 @@ async def test_hub_sql_huge_results_take_the_same_path(tmp_path: Path) -> None:
 async def test_a_child_busy_after_a_timeout_is_replaced(tmp_path: Path, tool: str) -> None:
     """spin blocks the server's event loop (it answers nothing); spin_in_thread leaves it answering."""
     settings = Settings.load(data_dir=tmp_path, busy_probe_timeout=2.0, restart_backoff=0.05)
-    async with Hub(settings, heavy_registry(call_timeout=1.0)) as hub:
+    # Unsandboxed: the test follows the child by its host pid (a sandboxed one has its own PID namespace).
+    async with Hub(settings, heavy_registry(call_timeout=1.0, sandbox=False)) as hub:
         first = (await call(hub, "pid")).result["result"]
         spun = await call(hub, tool)
         assert spun.is_error and spun.error_code == "timeout"

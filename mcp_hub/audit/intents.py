@@ -44,8 +44,8 @@ def _arguments(arguments: dict[str, Any] | str | None) -> Any:
     """The call's arguments as the executor will send them (a string it cannot parse is kept as is)."""
     if isinstance(arguments, str):
         try:
-            return json.loads(arguments) if arguments else {}
-        except ValueError:
+            return jsoncodec.loads_within(arguments) if arguments else {}
+        except ValueError:  # unparsable or too deep (jsoncodec.TooDeep): the executor refuses it as a tool error
             return arguments
     return arguments or {}
 
