@@ -26,7 +26,7 @@ from .conftest import ROOT, asgi_client, free_port
 
 HOSTILE = ROOT / "tests" / "hostile_server.py"
 SERVER = "test/hostile"
-LIMITS = {"memory_mb": 256, "processes": 32, "disk_mb": 4, "file_size_mb": 2, "stderr_kb": 64}
+LIMITS = {"memory_mb": 256, "processes": 32, "disk_mb": 4, "file_size_mb": 2, "stderr_kb": 64, "open_files": 64}
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bubblewrap is Linux-only")
 
 
@@ -117,6 +117,8 @@ async def test_limits_hold(running: tuple[httpx2.AsyncClient, Hub], settings: Se
     client, hub = running
     forks = await attack(hub, "fork_bomb")
     assert forks.startswith("error EAGAIN after") and int(forks.split()[-1]) < LIMITS["processes"]
+    files = await attack(hub, "open_many")
+    assert files.startswith("error EMFILE after") and int(files.split()[-1]) < LIMITS["open_files"]
     assert await attack(hub, "allocate", mb=512) == "error MemoryError"
     assert await attack(hub, "allocate", mb=16) == "ok 16777216"
     tmp = await attack(hub, "fill", folder="/tmp", files=1, mb=3)
