@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import os
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -245,3 +246,21 @@ async def test_reaping_and_tenants(running: tuple[httpx2.AsyncClient, Hub]) -> N
     while alive := [p for p in sandboxed if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]:
         assert anyio.current_time() < deadline, alive  # bwrap and the server alike
         await anyio.sleep(0.05)
+
+
+def test_paths_a_caller_names_inside_the_hidden_data_folder_are_shown(tmp_path: Path) -> None:
+    from mcp_hub.sandbox import Sandbox, SandboxLimits
+
+    data = tmp_path / "data"
+    package, secret = data / "packages" / "npm" / "pkg", data / "encryption-keys"
+    for folder in (package, secret):
+        folder.mkdir(parents=True)
+    (package / "index.txt").write_text("package\n")
+    (secret / "key.pem").write_text("secret")
+    for folder in (tmp_path, data, data / "packages", data / "packages" / "npm", package):
+        folder.chmod(0o755)  # readable by the sandbox's user
+    argv = Sandbox(hidden=[data]).command(
+        ["/bin/sh", "-c", f"cat {package}/index.txt; cat {secret}/key.pem 2>/dev/null || echo hidden"],
+        env={}, cwd=str(tmp_path), readonly=[tmp_path, package], limits=SandboxLimits())
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == ["package", "hidden"], done.stderr
