@@ -264,3 +264,16 @@ def test_paths_a_caller_names_inside_the_hidden_data_folder_are_shown(tmp_path: 
         env={}, cwd=str(tmp_path), readonly=[tmp_path, package], limits=SandboxLimits())
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert done.stdout.split() == ["package", "hidden"], done.stderr
+
+
+async def test_hub_notes_persist_in_the_sessions_folder_across_hub_restarts(tmp_path: Path) -> None:
+    registry = Registry.from_file(ROOT / "registry.yaml")
+    settings = Settings.load(data_dir=tmp_path / "data", connect_timeout=20)
+    notes = [Credential(connection_name="notes", values={"token": "persisting-token-5"})]
+    for tool, args in [("add_note", {"title": "kept", "body": "across restarts"}), ("list_notes", {})]:
+        async with asgi_client(settings, registry) as (_, hub):
+            batch = await hub.execute([ToolCall("hub/notes", tool, args)], hub.open_servers("hub/notes", notes))
+            assert not batch.results[0].is_error, batch.results[0].result
+    assert "kept" in str(batch.results[0].result)
+    [database] = (tmp_path / "data" / "sandboxes").glob("*/notes.sqlite3")
+    assert not (tmp_path / "data" / "notes.sqlite3").exists() and database.stat().st_size > 0
