@@ -119,7 +119,8 @@ class Hosting:
                                                  "npm_config_proxy", "npm_config_https_proxy")}
             env |= {"NO_PROXY": "", "no_proxy": ""}
         try:
-            argv = self.sandbox.command(command, env=env, cwd=cwd, writable=[folder], readonly=readonly,
+            argv = self.sandbox.command(command, env=env, cwd=cwd, writable=[folder],
+                                        readonly=[*readonly, *self._cwd(cwd, folder)],
                                         egress_socket=socket, limits=limits)
         except SandboxUnavailable as exc:
             raise SandboxUnavailable(f"server {target.name!r}: {exc.message}", server=target.name) from None
@@ -127,6 +128,12 @@ class Hosting:
         stack.callback(tg.cancel_scope.cancel)
         tg.start_soon(self._watch_quota, target.name, folder, quota, closed)
         return self._params(argv, env, cwd)
+
+    @staticmethod
+    def _cwd(cwd: str, folder: Path) -> list[Path]:
+        """An operator's `cwd` outside the registry folder is shown read-only (its session folder already is)."""
+        path = Path(cwd)
+        return [path] if path.is_absolute() and path.is_dir() and not path.is_relative_to(folder) else []
 
     def _params(self, command: list[str], env: dict[str, str], cwd: str) -> StdioServerParameters:
         if self._setpriv:  # outside the sandbox too: a hub killed with SIGKILL takes its children along

@@ -105,15 +105,26 @@ class _Mounts:
 
     def __init__(self) -> None:
         self.args: list[str] = []
-        self._binds: list[Path] = []  # host trees bound in: their folders exist already
+        self._layers: list[tuple[Path, bool]] = []  # (mount point, is a host tree), in mount order
         self._made: set[Path] = set()
+
+    @property
+    def _binds(self) -> list[Path]:
+        """Host trees bound in (and not covered by a later tmpfs)."""
+        return [dest for dest, host in self._layers if host and self._top(dest) == (dest, True)]
+
+    def _top(self, path: Path) -> tuple[Path, bool]:
+        """The mount that shows `path`: the deepest mount point above it, the later one on a tie."""
+        best: tuple[Path, bool] = (Path("/"), False)  # bwrap's own root tmpfs
+        for dest, host in self._layers:
+            if path.is_relative_to(dest) and len(dest.parts) >= len(best[0].parts):
+                best = (dest, host)
+        return best
 
     def _parents(self, dest: Path) -> None:
         for parent in reversed(dest.parents):
-            if parent == Path("/") or parent in self._made:
-                continue
-            if any(parent == bound or parent.is_relative_to(bound) for bound in self._binds):
-                continue
+            if parent == Path("/") or parent in self._made or self._top(parent)[1]:
+                continue  # made already, or inside a host tree (where it exists)
             self._made.add(parent)
             self.args += ["--perms", "0755", "--dir", str(parent)]
 
@@ -121,13 +132,13 @@ class _Mounts:
         dest = dest or source
         self._parents(dest)
         self.args += ["--bind" if writable else "--ro-bind", str(source), str(dest)]
-        self._binds.append(dest)
+        self._layers.append((dest, True))
         self._made.add(dest)
 
     def tmpfs(self, dest: Path, size_bytes: int, perms: str = "0700") -> None:
         self._parents(dest)
         self.args += ["--perms", perms, "--size", str(size_bytes), "--tmpfs", str(dest)]
-        self._binds = [bound for bound in self._binds if not bound.is_relative_to(dest)]
+        self._layers.append((dest, False))
         self._made.add(dest)
 
 
@@ -168,6 +179,7 @@ class Sandbox:
         """The full argv that runs `argv` sandboxed (see the module docstring).
 
         `env` is the child's complete environment; files its CA variables name are bound read-only.
+        `readonly` and `writable` paths are shown even inside a hidden folder; nothing else there is.
         """
         tools = self.tools()
         mounts = _Mounts()
@@ -196,6 +208,10 @@ class Sandbox:
                 mounts.tmpfs(hide, 64 * 1024, "0755")
             elif hide.exists():
                 mounts.bind(Path("/dev/null"), hide)
+        # What the caller names inside a hidden folder (the session's folder, an installed package) is
+        # shown after all: only that path, on top of the hiding tmpfs.
+        for path in _outermost(p for p in map(Path, readonly) if any(p.is_relative_to(hide) for hide in self.hidden)):
+            mounts.bind(path)
         for path in writable:
             mounts.bind(path, writable=True)
         for path in readonly:  # the caller's own read-only paths inside a hidden folder (an installed package)

@@ -128,6 +128,20 @@ def build_server() -> MCPServer:
         return "ok"
 
     @server.tool()
+    def open_many() -> str:
+        """Open /dev/null until the kernel refuses; how many and how it refused."""
+        files = []
+        try:
+            for _ in range(100_000):
+                files.append(open(os.devnull))  # noqa: SIM115 (closed below)
+            return f"ok {len(files)} files"
+        except BaseException as exc:
+            return f"{_failure(exc)} after {len(files)}"
+        finally:
+            for file in files:
+                file.close()
+
+    @server.tool()
     def whoami() -> str:
         """uid, gid and pid as seen inside."""
         return f"{os.getuid()} {os.getgid()} {os.getpid()}"

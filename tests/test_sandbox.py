@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import os
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +27,7 @@ from .conftest import ROOT, asgi_client, free_port
 
 HOSTILE = ROOT / "tests" / "hostile_server.py"
 SERVER = "test/hostile"
-LIMITS = {"memory_mb": 256, "processes": 32, "disk_mb": 4, "file_size_mb": 2, "stderr_kb": 64}
+LIMITS = {"memory_mb": 256, "processes": 32, "disk_mb": 4, "file_size_mb": 2, "stderr_kb": 64, "open_files": 64}
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bubblewrap is Linux-only")
 
 
@@ -117,6 +118,8 @@ async def test_limits_hold(running: tuple[httpx2.AsyncClient, Hub], settings: Se
     client, hub = running
     forks = await attack(hub, "fork_bomb")
     assert forks.startswith("error EAGAIN after") and int(forks.split()[-1]) < LIMITS["processes"]
+    files = await attack(hub, "open_many")
+    assert files.startswith("error EMFILE after") and int(files.split()[-1]) < LIMITS["open_files"]
     assert await attack(hub, "allocate", mb=512) == "error MemoryError"
     assert await attack(hub, "allocate", mb=16) == "ok 16777216"
     tmp = await attack(hub, "fill", folder="/tmp", files=1, mb=3)
@@ -244,3 +247,34 @@ async def test_reaping_and_tenants(running: tuple[httpx2.AsyncClient, Hub]) -> N
     while alive := [p for p in sandboxed if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]:
         assert anyio.current_time() < deadline, alive  # bwrap and the server alike
         await anyio.sleep(0.05)
+
+
+def test_paths_a_caller_names_inside_the_hidden_data_folder_are_shown(tmp_path: Path) -> None:
+    from mcp_hub.sandbox import Sandbox, SandboxLimits
+
+    data = tmp_path / "data"
+    package, secret = data / "packages" / "npm" / "pkg", data / "encryption-keys"
+    for folder in (package, secret):
+        folder.mkdir(parents=True)
+    (package / "index.txt").write_text("package\n")
+    (secret / "key.pem").write_text("secret")
+    for folder in (tmp_path, data, data / "packages", data / "packages" / "npm", package):
+        folder.chmod(0o755)  # readable by the sandbox's user
+    argv = Sandbox(hidden=[data]).command(
+        ["/bin/sh", "-c", f"cat {package}/index.txt; cat {secret}/key.pem 2>/dev/null || echo hidden"],
+        env={}, cwd=str(tmp_path), readonly=[tmp_path, package], limits=SandboxLimits())
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == ["package", "hidden"], done.stderr
+
+
+async def test_hub_notes_persist_in_the_sessions_folder_across_hub_restarts(tmp_path: Path) -> None:
+    registry = Registry.from_file(ROOT / "registry.yaml")
+    settings = Settings.load(data_dir=tmp_path / "data", connect_timeout=20)
+    notes = [Credential(connection_name="notes", values={"token": "persisting-token-5"})]
+    for tool, args in [("add_note", {"title": "kept", "body": "across restarts"}), ("list_notes", {})]:
+        async with asgi_client(settings, registry) as (_, hub):
+            batch = await hub.execute([ToolCall("hub/notes", tool, args)], hub.open_servers("hub/notes", notes))
+            assert not batch.results[0].is_error, batch.results[0].result
+    assert "kept" in str(batch.results[0].result)
+    [database] = (tmp_path / "data" / "sandboxes").glob("*/notes.sqlite3")
+    assert not (tmp_path / "data" / "notes.sqlite3").exists() and database.stat().st_size > 0
