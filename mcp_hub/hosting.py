@@ -4,8 +4,9 @@ Each session of a hosted server (tenant + server + credential, as the pool keys 
 writable folder of its own, `<data_dir>/sandboxes/<digest>/` (0700): `{data_dir}` in registry
 commands and env and `MCP_HUB_DATA_DIR` name it, so two tenants never share written files.
 Sandboxed (the default; see `mcp_hub.sandbox`) the child sees only that folder of the data
-folder, gets a fixed environment (the hub's choice of PATH, HOME, TMPDIR, locale and CA settings,
-plus the server's declared and credential variables, nothing else of the hub's) and the limits
+folder, gets a fixed environment (the hub's choice of PATH, HOME, TMPDIR, locale and, for a server
+with `network: egress`, CA settings, plus the server's declared and credential variables, nothing
+else of the hub's) and the limits
 of its entry. The folder's size is checked by the hub, not by the filesystem: before each start
 and about once a second while the child runs; past `disk_mb` the child is stopped and not
 started again until the folder is below its quota.
@@ -31,7 +32,7 @@ from .egress_proxy import EgressProxy
 from .errors import ConnectError, SandboxUnavailable
 from .installer import PackageStore
 from .resolution import Target
-from .sandbox import HOME, MIB, Sandbox, SandboxLimits, folder_size
+from .sandbox import CA_VARIABLES, HOME, MIB, Sandbox, SandboxLimits, folder_size
 
 log = logging.getLogger("mcp_hub.hosting")
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -109,8 +110,12 @@ class Hosting:
             raise ConnectError(f"server {target.name!r}: its data folder is over its {limits.disk_mb} MiB quota",
                                server=target.name, recommendation="Ask the hub's operator to free space in the "
                                "server's data folder or to raise its `limits.disk_mb`.")
+        # CA settings only where there is an outside to trust: without network they would only cost the
+        # start (Node 20 parses its whole root store at start-up when NODE_EXTRA_CA_CERTS is set: +35 ms).
+        base = {name: value for name, value in self.base_env.items()
+                if version.network == "egress" or name not in CA_VARIABLES}
         env = {"PATH": self._path(executable), "HOME": HOME, "TMPDIR": "/tmp", "LANG": "C.UTF-8", "USER": "sandbox",
-               "LOGNAME": "sandbox", "SHELL": "/bin/sh", "TERM": "dumb"} | self.base_env | declared | binding.env
+               "LOGNAME": "sandbox", "SHELL": "/bin/sh", "TERM": "dumb"} | base | declared | binding.env
         env["MCP_HUB_DATA_DIR"] = str(folder)
         socket = None
         if version.network == "egress":

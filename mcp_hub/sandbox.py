@@ -44,6 +44,11 @@ BRIDGE = Path(__file__).with_name("sandbox_bridge.py")
 ETC = ("ssl", "ca-certificates", "ca-certificates.conf", "pki", "alternatives", "ld.so.cache", "ld.so.conf",
        "ld.so.conf.d", "passwd", "group", "nsswitch.conf", "hosts", "localtime", "mime.types", "os-release")
 SYSTEM = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
+# The host's CA settings, which only the hub sets (`envpolicy` refuses them to publishers): the files they
+# name are bound read-only. Any other name's value is never taken for a path to show (a publisher's
+# `X_CA_BUNDLE=/etc/mcp-hub.yaml` must not bind that file in).
+CA_VARIABLES = frozenset({"SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+                          "PIP_CERT"})
 MIB = 1024 * 1024
 
 
@@ -178,7 +183,7 @@ class Sandbox:
                 egress_socket: Path | None = None, limits: SandboxLimits) -> list[str]:
         """The full argv that runs `argv` sandboxed (see the module docstring).
 
-        `env` is the child's complete environment; files its CA variables name are bound read-only.
+        `env` is the child's complete environment; files its `CA_VARIABLES` name are bound read-only.
         `readonly` and `writable` paths are shown even inside a hidden folder; nothing else there is.
         """
         tools = self.tools()
@@ -194,8 +199,7 @@ class Sandbox:
         for name in self._etc:
             if (path := Path("/etc") / name).exists():
                 mounts.bind(path)
-        ca_files = [Path(value) for key, value in env.items() if key.endswith(("_CERT_FILE", "_CERT_DIR", "_CA_CERTS",
-                                                                              "_CA_BUNDLE")) and os.path.isabs(value)]
+        ca_files = [Path(value) for key, value in env.items() if key in CA_VARIABLES and os.path.isabs(value)]
         runtime = self._runtime.get(argv[0])
         if runtime is None:
             runtime = self._runtime[argv[0]] = runtime_paths([argv[0]])

@@ -278,3 +278,35 @@ async def test_hub_notes_persist_in_the_sessions_folder_across_hub_restarts(tmp_
     assert "kept" in str(batch.results[0].result)
     [database] = (tmp_path / "data" / "sandboxes").glob("*/notes.sqlite3")
     assert not (tmp_path / "data" / "notes.sqlite3").exists() and database.stat().st_size > 0
+
+
+def test_only_the_hubs_ca_variables_name_files_to_show(tmp_path: Path) -> None:
+    from mcp_hub.sandbox import Sandbox, SandboxLimits
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    ca, config = outside / "ca.pem", outside / "hub.yaml"  # a CA bundle, and a file no sandbox may see
+    ca.write_text("ca\n")
+    config.write_text("api_key: sk-secret\n")
+    for path in (tmp_path, outside, ca, config):
+        path.chmod(0o755 if path.is_dir() else 0o644)  # readable by the sandbox's user, were it shown
+    argv = Sandbox().command(
+        ["/bin/sh", "-c", f"cat {ca}; cat {config} 2>/dev/null || echo hidden"],
+        env={"NODE_EXTRA_CA_CERTS": str(ca), "EVIL_CA_BUNDLE": str(config), "EVIL_CERT_FILE": str(config)},
+        cwd=None, limits=SandboxLimits())
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == ["ca", "hidden"], done.stderr
+
+
+async def test_ca_settings_reach_only_servers_with_network(tmp_path: Path, registry: Registry) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("ca\n")
+    settings = Settings.load(data_dir=tmp_path / "data", connect_timeout=20, egress_allow=[],
+                             sandbox_base_env={"NODE_EXTRA_CA_CERTS": str(ca), "SSL_CERT_FILE": str(ca), "TZ": "UTC"})
+    async with asgi_client(settings, registry) as (_, hub):
+        # No network, nothing to trust: Node 20 would parse its whole root store at each start for nothing.
+        for name, offline, online in [("NODE_EXTRA_CA_CERTS", "", str(ca)), ("SSL_CERT_FILE", "", str(ca)),
+                                      ("TZ", "UTC", "UTC")]:
+            assert await attack(hub, "env", name=name) == offline
+            assert await attack(hub, "env", server="test/online", name=name) == online
+        assert await attack(hub, "read", server="test/online", path=str(ca)) == "ok 3 bytes"
