@@ -100,7 +100,8 @@ class Settings(BaseSettings):
     sandbox_stderr_kb: int = Field(1024, ge=16, description="Per server: KiB of stderr log before it rotates to .1.")
     sandbox_base_env: dict[str, str] = Field(
         default_factory=dict, description="Variables every hosted server gets besides PATH/HOME/TMPDIR: by default "
-        "the hub's own LANG, LC_ALL, TZ and CA settings (SSL_CERT_FILE, NODE_EXTRA_CA_CERTS, ...), when set.")
+        "the hub's own LANG, LC_ALL, TZ and CA settings (SSL_CERT_FILE, NODE_EXTRA_CA_CERTS, ...), when set; the CA "
+        "settings reach only servers with `network: egress`.")
     prewarm: bool = Field(False, description="Start every hosted server's latest version at start-up.")
     package_install_timeout: float = Field(
         300.0, gt=0, description="Seconds to install a published npm/PyPI package version (once, into data_dir/packages).")
