@@ -31,15 +31,16 @@ LIMITS = {"memory_mb": 256, "processes": 32, "disk_mb": 4, "file_size_mb": 2, "s
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bubblewrap is Linux-only")
 
 
-def hostile_entry(**version: Any) -> dict[str, Any]:
-    return {"limits": LIMITS, "connections": {"hostile": {"fields": ["token"], "env": {"HOSTILE_TOKEN": "{token}"},
+def hostile_entry(limits: dict[str, int] = LIMITS, **version: Any) -> dict[str, Any]:
+    return {"limits": limits, "connections": {"hostile": {"fields": ["token"], "env": {"HOSTILE_TOKEN": "{token}"},
                                                           "required": False}},
             "versions": {"1.0.0": {"command": ["{python}", str(HOSTILE)], **version}}}
 
 
 @pytest.fixture
 def registry() -> Registry:
-    return Registry.from_data({"servers": {SERVER: hostile_entry(), "test/online": hostile_entry(network="egress")}},
+    return Registry.from_data({"servers": {SERVER: hostile_entry(), "test/online": hostile_entry(network="egress"),
+                                            "test/cpu": hostile_entry(LIMITS | {"cpu_seconds": 2})}},
                               root=ROOT)
 
 
@@ -130,6 +131,27 @@ async def test_limits_hold(running: tuple[httpx2.AsyncClient, Hub], settings: Se
     logs = list((settings.data_dir / "logs").glob("test_hostile*"))
     assert logs and all(log.stat().st_size <= LIMITS["stderr_kb"] * 1024 for log in logs)
     assert any(log.name.endswith(".1") for log in logs)  # rotated
+    await healthy(client, hub)
+
+
+async def test_cpu_time_limit_kills_a_spinning_child(running: tuple[httpx2.AsyncClient, Hub]) -> None:
+    client, hub = running
+    assert await attack(hub, "write", server="test/cpu", path="/tmp/marker") == "ok"  # in this child's own /tmp
+    servers = hub.open_servers("test/cpu")
+    batch = await hub.execute([ToolCall("test/cpu", "spin", {"seconds": 60})], servers)
+    result = batch.results[0]
+    assert result.is_error, result.result  # killed at 2 CPU seconds (SIGXCPU), long before 60 s of spinning
+    assert result.result["error"]["code"] == "session_lost" and "went away during the call" in \
+        result.result["error"]["message"]
+    deadline = anyio.current_time() + 20
+    while True:  # the next call gets a fresh child: a new private /tmp, without the marker
+        servers = hub.open_servers("test/cpu")
+        batch = await hub.execute([ToolCall("test/cpu", "read", {"path": "/tmp/marker"})], servers)
+        if not batch.results[0].is_error:
+            break
+        assert anyio.current_time() < deadline, batch.results[0].result
+        await anyio.sleep(0.1)
+    assert batch.results[0].result["result"] == "error ENOENT"
     await healthy(client, hub)
 
 
