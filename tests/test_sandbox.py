@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -202,6 +203,43 @@ async def test_egress_goes_through_the_hubs_proxy_only(tmp_path: Path, registry:
         for port in [5432, 6379, origin]:
             assert await attack(hub, "fetch", server="test/online", url=f"http://127.0.0.1:{port}/") == "http 403"
         assert (await client.get("/healthz")).status_code == 200
+
+
+def _egress_folders() -> set[Path]:
+    """The host folders of the egress sockets bound into the running sandboxes (from bwrap's argv)."""
+    import psutil
+
+    found: set[Path] = set()
+    for process in psutil.Process().children(recursive=True):
+        try:
+            argv = process.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        found |= {Path(argv[i - 1]).parent for i, arg in enumerate(argv)
+                  if arg == "/run/mcp-hub/egress.sock" and argv[i - 2] == "--ro-bind"}
+    return found
+
+
+async def test_a_long_data_paths_socket_folder_goes_with_its_session(tmp_path: Path, registry: Registry,
+                                                                      origin: int) -> None:
+    data = tmp_path / "a-data-folder-whose-path-is-too-long-for-a-unix-socket"
+    assert len(str(data / "run")) > 60
+    settings = Settings.load(data_dir=data, connect_timeout=20, egress_allow=["127.0.0.1/32"])
+    async with asgi_client(settings, registry) as (_, hub):
+        for token in ("closed-with-its-session", "closed-with-the-hub"):
+            assert await attack(hub, "fetch", server="test/online", token=token,
+                                url=f"http://127.0.0.1:{origin}/") == "ok 200 hello from the origin"
+            [folder] = _egress_folders()
+            assert folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith("mcp-hub-")
+            if token == "closed-with-its-session":
+                for session in hub.pool.reap(0):
+                    await session.finished.wait()
+                deadline = anyio.current_time() + 15
+                while folder.exists():
+                    assert anyio.current_time() < deadline, list(folder.iterdir())
+                    await anyio.sleep(0.05)
+    assert not folder.exists()  # the hub's exit closed the second session and removed its folder
+    assert not (data / "run").exists()
 
 
 async def test_missing_bubblewrap_is_a_coded_error(tmp_path: Path, registry: Registry) -> None:
