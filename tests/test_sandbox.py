@@ -338,3 +338,27 @@ async def test_hub_notes_persist_in_the_sessions_folder_across_hub_restarts(tmp_
     assert "kept" in str(batch.results[0].result)
     [database] = (tmp_path / "data" / "sandboxes").glob("*/notes.sqlite3")
     assert not (tmp_path / "data" / "notes.sqlite3").exists() and database.stat().st_size > 0
+
+
+async def test_notes_of_the_pre_sandbox_shared_database_move_to_their_session(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from mcp_hub.cli import main
+    from mcp_hub_servers.notes.store import NotesStore, owner_id
+
+    data = tmp_path / "data"
+    NotesStore(data / "notes.sqlite3", owner_id("old-token-3")).add("from before", "the sandbox", ["kept"])
+    NotesStore(data / "notes.sqlite3", owner_id("someone-else")).add("not mine", "x", [])
+    flags = ["--data-dir", str(data), "--registry", str(ROOT / "registry.yaml"), "--cred", "notes:token=old-token-3"]
+    for copied in (1, 0):  # once only: a second run copies nothing twice
+        assert main(["notes", "import-shared", *flags]) == 0
+        assert f"imported {copied} note(s)" in capsys.readouterr().out
+    settings = Settings.load(data_dir=data, connect_timeout=20)
+    notes = [Credential(connection_name="notes", values={"token": "old-token-3"})]
+    async with asgi_client(settings, Registry.from_file(ROOT / "registry.yaml")) as (_, hub):
+        calls = [ToolCall("hub/notes", "list_notes", {}), ToolCall("hub/notes", "add_note", {"title": "new", "body": "b"})]
+        batch = await hub.execute(calls, hub.open_servers("hub/notes", notes))
+    assert not any(result.is_error for result in batch.results), batch.results
+    listed = str(batch.results[0].result)
+    assert "from before" in listed and "kept" in listed and "not mine" not in listed
+    assert main(["notes", "import-shared", *flags[:4], "--cred", "notes:token=x", "--from", str(tmp_path / "no")]) == 2
+    assert "no shared notes database" in capsys.readouterr().err
