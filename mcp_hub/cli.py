@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from . import __version__, audit_cli, marketplace_cli
+from . import __version__, audit_cli, marketplace_cli, notes_cli
 from .apikeys import ROLES, open_key_store
 from .authentication import is_loopback
 from .credentials import Credential
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(rotate)
     audit_cli.add_parser(commands, _common)
     marketplace_cli.add_parser(commands, _common)
+    notes_cli.add_parser(commands, _common)
     return parser
 
 
@@ -341,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return anyio.run(marketplace_cli.run, args, _settings(args), table)
         if args.command == "registry":
             return anyio.run(marketplace_cli.run_registry, args, _settings(args), parse_cred_flags)
+        if args.command == "notes":
+            return notes_cli.run(args, _settings(args), parse_cred_flags)
         return anyio.run(_tools if args.command == "tools" else _call, args)
     except ServerError as exc:
         print(f"error: {exc.message} ({exc.code}). {exc.recommendation}", file=sys.stderr)

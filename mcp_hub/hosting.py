@@ -55,7 +55,6 @@ class Hosting:
         self.egress_proxy = egress_proxy
         self._setpriv = setpriv
         self.packages = packages or PackageStore(data_dir / "packages")
-        self._run_dir: Path | None = None
 
     def sandboxed(self, target: Target) -> bool:
         """Whether `target` runs sandboxed: always, unless the hub's or the operator's entry says not."""
@@ -155,10 +154,9 @@ class Hosting:
         """Serve the egress proxy on a socket of this session's; its path (short: Unix socket paths are)."""
         assert self.egress_proxy is not None and self.sandbox is not None
         run = self.data_dir / "run"
-        if len(str(run)) > 60:
-            if self._run_dir is None:
-                self._run_dir = Path(tempfile.mkdtemp(prefix="mcp-hub-"))
-            run = self._run_dir
+        if len(str(run)) > 60:  # too long for a socket's path: a folder of this session's, removed when it closes
+            run = Path(tempfile.mkdtemp(prefix="mcp-hub-"))
+            stack.callback(shutil.rmtree, run, ignore_errors=True)  # after the proxy's exit removed the socket
         path = run / f"{folder.name[:16]}-{id(stack):x}.sock"
         await stack.enter_async_context(self.egress_proxy.serve(path, name=target.name))
         self.sandbox.grant(path)

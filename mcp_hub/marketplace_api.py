@@ -94,12 +94,12 @@ async def import_server(request: Request) -> JSONResponse:
     data = await _body(request)
     if not isinstance(data, dict) or "server_json" not in data:
         raise RequestError("send {\"server_json\": {...}, \"slug\"?, \"prefer\"?, \"variables\"?, \"tags\"?, "
-                           "\"credentials\"?}", param="server_json")
+                           "\"network\"?, \"credentials\"?}", param="server_json")
     variables = data.get("variables") or {}
     if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
         raise RequestError("`variables` must be an object of strings", param="variables")
     imported = import_server_json(data["server_json"], slug=data.get("slug"), prefer=data.get("prefer") or "remote",
-                                  variables=variables, tags=data.get("tags"))
+                                  variables=variables, tags=data.get("tags"), network=data.get("network") or "none")
     body = validated(RegistrationBody, {**imported.body, "credentials": data.get("credentials")})
     result = await hub.registrations.register(body, _principal(request))
     return JSONResponse({**result, "notes": imported.notes}, status_code=201)

@@ -43,6 +43,9 @@ def add_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None])
     imported.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                           help="a value for a {variable} of the URL or an argument (repeatable)")
     imported.add_argument("--tag", action="append", default=[], help="a tag (repeatable)")
+    imported.add_argument("--network", choices=["none", "egress"], default="none",
+                          help="a hosted package's network: egress reaches public hosts through the hub's proxy "
+                               "(server.json cannot say so; default: none)")
     imported.add_argument("--cred", action="append", default=[], metavar="CONNECTION:FIELD=VALUE",
                           help="a credential to list the tools with (not stored)")
     imported.add_argument("--dry-run", action="store_true", help="print the registration, register nothing")
@@ -93,7 +96,8 @@ async def run_registry(args: argparse.Namespace, settings: Settings, parse_creds
         if not sep or not name:
             raise HubError(f"--var must look like NAME=VALUE (got {name!r})", code="invalid_var")
         variables[name] = value
-    imported = import_server_json(document, slug=args.slug, prefer=args.prefer, variables=variables, tags=args.tag)
+    imported = import_server_json(document, slug=args.slug, prefer=args.prefer, variables=variables, tags=args.tag,
+                                  network=args.network)
     for note in imported.notes:
         print(f"note: {note}")
     if args.dry_run:

@@ -20,6 +20,10 @@ locally, and/or `remotes` it connects to. The import maps it onto the hub's own 
 
 A remote is preferred over a package unless `prefer="package"`. Other package types
 (oci, nuget, mcpb) and package transports other than stdio are skipped, with a note.
+
+server.json has no field saying a package needs the network, so the import takes the hub's
+own `network` option (`none`, the default, or `egress`) for a hosted version; a remote is
+reached by the hub, not run, so `egress` with a remote is refused rather than ignored.
 """
 
 from __future__ import annotations
@@ -186,12 +190,15 @@ def _package(package: dict[str, Any], inputs: _Inputs) -> tuple[dict[str, Any], 
 
 
 def import_server_json(document: Any, *, slug: str | None = None, prefer: str = "remote",
-                       variables: dict[str, str] | None = None, tags: list[str] | None = None) -> Imported:
+                       variables: dict[str, str] | None = None, tags: list[str] | None = None,
+                       network: str = "none") -> Imported:
     """Map one server.json document onto a registration body; RequestError names what is wrong."""
     if not isinstance(document, dict):
         raise RequestError("server.json must be a JSON object", param="server_json")
     if prefer not in ("remote", "package"):
         raise RequestError("`prefer` is remote or package", param="prefer")
+    if network not in ("none", "egress"):
+        raise RequestError("`network` is none or egress", param="network")
     name = document.get("name")
     version = document.get("version") or (_get(document, "versionDetail", "version_detail") or {}).get("version")
     if not isinstance(name, str) or "/" not in name:
@@ -213,11 +220,17 @@ def import_server_json(document: Any, *, slug: str | None = None, prefer: str = 
                          "and pypi packages over stdio")
     connection = _field_name(name.rsplit("/", 1)[-1]).replace("_", "-")
     if remotes and (prefer == "remote" or not packages):
+        if network == "egress":
+            raise RequestError("`network: egress` is for a hosted package, and the import chose the remote (the hub "
+                               "connects to it; it runs nothing): use `prefer: package`, or leave `network` out",
+                               param="network")
         mapped, delivered = _remote(remotes[0], inputs)
         delivery = "headers"
     elif packages:
         mapped, delivered = _package(packages[0], inputs)
         delivery = "env"
+        if network == "egress":
+            mapped["network"] = "egress"
     else:
         raise RequestError("server.json has no remote (streamable-http, sse) and no npm or pypi stdio package the hub "
                            "can run", param="server_json")

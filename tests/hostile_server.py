@@ -142,6 +142,15 @@ def build_server() -> MCPServer:
                 file.close()
 
     @server.tool()
+    def spin(seconds: float) -> str:
+        """Burn CPU for up to `seconds` of wall time (past an RLIMIT_CPU, the kernel kills it first)."""
+        end = time.monotonic() + seconds
+        count = 0
+        while time.monotonic() < end:
+            count += 1
+        return f"ok {count}"
+
+    @server.tool()
     def whoami() -> str:
         """uid, gid and pid as seen inside."""
         return f"{os.getuid()} {os.getgid()} {os.getpid()}"

@@ -253,6 +253,39 @@ def test_server_json_mapping() -> None:
         import_server_json(json.loads((SERVER_JSON / "remote.json").read_text()))  # {port} has no default
 
 
+def test_server_json_import_takes_the_hubs_network_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mcp_hub.registration_store import build_entry
+    from mcp_hub.registrations import RegistrationBody
+
+    document = json.loads((SERVER_JSON / "npm.json").read_text())
+    assert "network" not in import_server_json(document).body["version"]  # server.json cannot say it: none
+    online = import_server_json(document, network="egress")
+    body = RegistrationBody.model_validate(online.body)
+    entry = build_entry(body.slug, "", [], {}, body.limits, {body.version.version: body.version.spec()})
+    assert entry.versions[body.version.version].network == "egress"
+    remote = json.loads((SERVER_JSON / "remote.json").read_text())
+    with pytest.raises(Exception, match="prefer: package") as raised:  # a remote runs nothing: refused, not ignored
+        import_server_json(remote, variables={"port": "9"}, network="egress")
+    assert getattr(raised.value, "param", None) == "network"
+    with pytest.raises(Exception, match="none or egress"):
+        import_server_json(document, network="internet")
+    data = ["--data-dir", str(tmp_path / "data"), "--registry", str(ROOT / "registry.yaml")]
+    assert main(["registry", "import", str(SERVER_JSON / "npm.json"), "--network", "egress", "--dry-run", *data]) == 0
+    out = capsys.readouterr().out  # notes, then the registration
+    assert json.loads(out[out.index("\n{") + 1:])["version"]["network"] == "egress"
+
+
+async def test_server_json_import_api_refuses_a_bad_network(market: tuple[httpx2.AsyncClient, Hub]) -> None:
+    http, hub = market
+    admin = _auth((await hub.keys.create("ops", "admin", "admin"))[0])
+    document = json.loads((SERVER_JSON / "remote.json").read_text())
+    for network, message in [("egress", "prefer: package"), (["egress"], "none or egress")]:
+        refused = await http.post("/v1/servers/import", headers=admin, json={
+            "server_json": document, "variables": {"port": "9"}, "network": network})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "network", refused.text
+        assert message in refused.json()["error"]["message"]
+
+
 def test_server_json_of_an_npm_package_imports_and_runs_from_the_cli(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     # The registry's folder is bound into the sandbox: not pytest's 0700 tmp_path, which would hide what lies below.

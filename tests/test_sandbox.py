@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -31,15 +32,16 @@ LIMITS = {"memory_mb": 256, "processes": 32, "disk_mb": 4, "file_size_mb": 2, "s
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bubblewrap is Linux-only")
 
 
-def hostile_entry(**version: Any) -> dict[str, Any]:
-    return {"limits": LIMITS, "connections": {"hostile": {"fields": ["token"], "env": {"HOSTILE_TOKEN": "{token}"},
+def hostile_entry(limits: dict[str, int] = LIMITS, **version: Any) -> dict[str, Any]:
+    return {"limits": limits, "connections": {"hostile": {"fields": ["token"], "env": {"HOSTILE_TOKEN": "{token}"},
                                                           "required": False}},
             "versions": {"1.0.0": {"command": ["{python}", str(HOSTILE)], **version}}}
 
 
 @pytest.fixture
 def registry() -> Registry:
-    return Registry.from_data({"servers": {SERVER: hostile_entry(), "test/online": hostile_entry(network="egress")}},
+    return Registry.from_data({"servers": {SERVER: hostile_entry(), "test/online": hostile_entry(network="egress"),
+                                            "test/cpu": hostile_entry(LIMITS | {"cpu_seconds": 2})}},
                               root=ROOT)
 
 
@@ -133,6 +135,27 @@ async def test_limits_hold(running: tuple[httpx2.AsyncClient, Hub], settings: Se
     await healthy(client, hub)
 
 
+async def test_cpu_time_limit_kills_a_spinning_child(running: tuple[httpx2.AsyncClient, Hub]) -> None:
+    client, hub = running
+    assert await attack(hub, "write", server="test/cpu", path="/tmp/marker") == "ok"  # in this child's own /tmp
+    servers = hub.open_servers("test/cpu")
+    batch = await hub.execute([ToolCall("test/cpu", "spin", {"seconds": 60})], servers)
+    result = batch.results[0]
+    assert result.is_error, result.result  # killed at 2 CPU seconds (SIGXCPU), long before 60 s of spinning
+    assert result.result["error"]["code"] == "session_lost" and "went away during the call" in \
+        result.result["error"]["message"]
+    deadline = anyio.current_time() + 20
+    while True:  # the next call gets a fresh child: a new private /tmp, without the marker
+        servers = hub.open_servers("test/cpu")
+        batch = await hub.execute([ToolCall("test/cpu", "read", {"path": "/tmp/marker"})], servers)
+        if not batch.results[0].is_error:
+            break
+        assert anyio.current_time() < deadline, batch.results[0].result
+        await anyio.sleep(0.1)
+    assert batch.results[0].result["result"] == "error ENOENT"
+    await healthy(client, hub)
+
+
 async def test_data_folder_quota_stops_the_server(running: tuple[httpx2.AsyncClient, Hub]) -> None:
     client, hub = running
     own = await attack(hub, "env", name="MCP_HUB_DATA_DIR", token="filler-secret-71")
@@ -180,6 +203,43 @@ async def test_egress_goes_through_the_hubs_proxy_only(tmp_path: Path, registry:
         for port in [5432, 6379, origin]:
             assert await attack(hub, "fetch", server="test/online", url=f"http://127.0.0.1:{port}/") == "http 403"
         assert (await client.get("/healthz")).status_code == 200
+
+
+def _egress_folders() -> set[Path]:
+    """The host folders of the egress sockets bound into the running sandboxes (from bwrap's argv)."""
+    import psutil
+
+    found: set[Path] = set()
+    for process in psutil.Process().children(recursive=True):
+        try:
+            argv = process.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        found |= {Path(argv[i - 1]).parent for i, arg in enumerate(argv)
+                  if arg == "/run/mcp-hub/egress.sock" and argv[i - 2] == "--ro-bind"}
+    return found
+
+
+async def test_a_long_data_paths_socket_folder_goes_with_its_session(tmp_path: Path, registry: Registry,
+                                                                      origin: int) -> None:
+    data = tmp_path / "a-data-folder-whose-path-is-too-long-for-a-unix-socket"
+    assert len(str(data / "run")) > 60
+    settings = Settings.load(data_dir=data, connect_timeout=20, egress_allow=["127.0.0.1/32"])
+    async with asgi_client(settings, registry) as (_, hub):
+        for token in ("closed-with-its-session", "closed-with-the-hub"):
+            assert await attack(hub, "fetch", server="test/online", token=token,
+                                url=f"http://127.0.0.1:{origin}/") == "ok 200 hello from the origin"
+            [folder] = _egress_folders()
+            assert folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith("mcp-hub-")
+            if token == "closed-with-its-session":
+                for session in hub.pool.reap(0):
+                    await session.finished.wait()
+                deadline = anyio.current_time() + 15
+                while folder.exists():
+                    assert anyio.current_time() < deadline, list(folder.iterdir())
+                    await anyio.sleep(0.05)
+    assert not folder.exists()  # the hub's exit closed the second session and removed its folder
+    assert not (data / "run").exists()
 
 
 async def test_missing_bubblewrap_is_a_coded_error(tmp_path: Path, registry: Registry) -> None:
@@ -310,3 +370,27 @@ async def test_ca_settings_reach_only_servers_with_network(tmp_path: Path, regis
             assert await attack(hub, "env", name=name) == offline
             assert await attack(hub, "env", server="test/online", name=name) == online
         assert await attack(hub, "read", server="test/online", path=str(ca)) == "ok 3 bytes"
+
+
+async def test_notes_of_the_pre_sandbox_shared_database_move_to_their_session(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from mcp_hub.cli import main
+    from mcp_hub_servers.notes.store import NotesStore, owner_id
+
+    data = tmp_path / "data"
+    NotesStore(data / "notes.sqlite3", owner_id("old-token-3")).add("from before", "the sandbox", ["kept"])
+    NotesStore(data / "notes.sqlite3", owner_id("someone-else")).add("not mine", "x", [])
+    flags = ["--data-dir", str(data), "--registry", str(ROOT / "registry.yaml"), "--cred", "notes:token=old-token-3"]
+    for copied in (1, 0):  # once only: a second run copies nothing twice
+        assert main(["notes", "import-shared", *flags]) == 0
+        assert f"imported {copied} note(s)" in capsys.readouterr().out
+    settings = Settings.load(data_dir=data, connect_timeout=20)
+    notes = [Credential(connection_name="notes", values={"token": "old-token-3"})]
+    async with asgi_client(settings, Registry.from_file(ROOT / "registry.yaml")) as (_, hub):
+        calls = [ToolCall("hub/notes", "list_notes", {}), ToolCall("hub/notes", "add_note", {"title": "new", "body": "b"})]
+        batch = await hub.execute(calls, hub.open_servers("hub/notes", notes))
+    assert not any(result.is_error for result in batch.results), batch.results
+    listed = str(batch.results[0].result)
+    assert "from before" in listed and "kept" in listed and "not mine" not in listed
+    assert main(["notes", "import-shared", *flags[:4], "--cred", "notes:token=x", "--from", str(tmp_path / "no")]) == 2
+    assert "no shared notes database" in capsys.readouterr().err
