@@ -47,7 +47,7 @@ async def test_transaction_commits_or_rolls_back(database: Database) -> None:
     async with database.transaction() as tx:
         await tx.execute_many("INSERT INTO notes (id, body, n) VALUES (?, ?, ?)", [("a", "50% off?", 1), ("b", "x", 2)])
         assert await tx.execute("UPDATE notes SET score = ? WHERE n > ?", (0.5, 1)) == 1
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="roll back"):
         async with database.transaction() as tx:
             await tx.execute("INSERT INTO notes (id, body, n) VALUES (?, ?, ?)", ("c", "lost", 3))
             raise RuntimeError("roll back")
