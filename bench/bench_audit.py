@@ -65,7 +65,7 @@ def log(message: str, since: float) -> None:
 def workers(hub_url: str, clients: int) -> list[Callable[[], Awaitable[None]]]:
     url = httpx2.URL(f"{hub_url}/v1/chat/completions")
     payload = RawConnection.encode(url.path, f"{url.host}:{url.port}", json.dumps(completion_body()).encode())
-    out = []
+    out: list[Callable[[], Awaitable[None]]] = []
     for _ in range(clients):
         connection = RawConnection(url.host, url.port or 80)
 

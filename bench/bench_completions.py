@@ -131,7 +131,7 @@ class Calls:
         """One completion call per client, each on its own keep-alive connection (see `RawConnection`)."""
         url = httpx2.URL(self.hub_url)
         payload = RawConnection.encode(url.path, f"{url.host}:{url.port}", self.stream_body if stream else self.body)
-        workers = []
+        workers: list[Callable[[], Awaitable[None]]] = []
         for _ in range(clients):
             connection = RawConnection(url.host, url.port or 80)
 

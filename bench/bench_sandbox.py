@@ -94,7 +94,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             await hub.execute([ToolCall(slug, tool, tool_args)], sessions[mode])
                             if block:
                                 warm[mode].append((time.perf_counter() - started) * 1000)
-                figures = {"cold": {mode: summary(samples) for mode, samples in cold.items()},
+                figures: dict[str, Any] = {"cold": {mode: summary(samples) for mode, samples in cold.items()},
                            "warm": {mode: summary(samples) for mode, samples in warm.items()}}
                 figures["cold_extra_ms"] = figures["cold"]["sandboxed"]["median"] - figures["cold"]["plain"]["median"]
                 figures["warm_ratio"] = figures["warm"]["sandboxed"]["median"] / figures["warm"]["plain"]["median"]

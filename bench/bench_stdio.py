@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ROOT / "tests" / "fixtures" / "heavy_server.py"
 
 
-async def measure(open_transport: Callable[[Any], Any], megabytes: float, reps: int) -> tuple[float, float]:
+async def measure(open_transport: Callable[[StdioServerParameters, Any], Any], megabytes: float,
+                  reps: int) -> tuple[float, float]:
     """Median (CPU s, wall s) of `reps` calls of blob(megabytes) on one session."""
     params = StdioServerParameters(command=sys.executable, args=[str(HEAVY)])
     cpu: list[float] = []

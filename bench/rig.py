@@ -114,6 +114,7 @@ class RawConnection:
                 await self.aclose()
                 if not reused or attempt == 2 or (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
                     raise
+        assert reader is not None  # set in the loop, which only leaves by `break` with a connection
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         headers = {}

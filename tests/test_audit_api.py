@@ -7,6 +7,7 @@ import json
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -101,7 +102,9 @@ async def test_direct_calls_failed_servers_and_secrets(client: tuple[httpx2.Asyn
     assert failed[0]["is_error"] and failed[0]["error_code"] == "connect_failed"
     assert failed[0]["result"]["error"]["code"] == "connect_failed"
     await hub.audit.store.database.fetch_all("PRAGMA wal_checkpoint(FULL)")
-    for path in (tmp_path / "data").glob("records.sqlite3*"):
+    files = list((tmp_path / "data").glob("records.sqlite3*"))
+    assert files  # the records were written to SQLite here, so the search below covers them
+    for path in files:
         assert secret.encode() not in path.read_bytes()
 
 
@@ -200,6 +203,20 @@ async def test_audit_off_records_nothing(tmp_path: Path, scripted_model: Scripte
                                                         "arguments": {"text": "x"}})).status_code == 200
         off = await http.get("/v1/audit/tool-calls")
         assert off.status_code == 404 and off.json()["error"]["code"] == "audit_disabled"
+    # After the hub stopped (an audit trail would have flushed by then): no record and no intent anywhere.
+    assert audit_rows(tmp_path / "data" / "records.sqlite3") == {"audit_records": 0, "audit_intents": 0}
+
+
+def audit_rows(path: Path) -> dict[str, int]:
+    """Rows in the audit trail's tables of a SQLite file (a missing file or table counts as none)."""
+    counts = {"audit_records": 0, "audit_intents": 0}
+    if not path.exists():
+        return counts
+    with closing(sqlite3.connect(path)) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in counts.keys() & tables:
+            counts[table] = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return counts
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

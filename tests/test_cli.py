@@ -83,7 +83,7 @@ def test_cred_flag_parsing() -> None:
     assert [(c.connection_name, sorted(c.values)) for c in creds] == [("a", ["token", "user"]), ("b", ["key"])]
     assert creds[1].values["key"].get_secret_value() == "k=v"
     assert "k=v" not in repr(creds)
-    with pytest.raises(HubError):
+    with pytest.raises(HubError, match="--cred must look like CONNECTION:FIELD=VALUE"):
         parse_cred_flags(["token=x"])
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import mcp.types as types
+import psycopg
 import pytest
 
 from mcp_hub.database import Database, Migration, open_database
@@ -45,7 +47,7 @@ async def test_transaction_commits_or_rolls_back(database: Database) -> None:
     async with database.transaction() as tx:
         await tx.execute_many("INSERT INTO notes (id, body, n) VALUES (?, ?, ?)", [("a", "50% off?", 1), ("b", "x", 2)])
         assert await tx.execute("UPDATE notes SET score = ? WHERE n > ?", (0.5, 1)) == 1
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="roll back"):
         async with database.transaction() as tx:
             await tx.execute("INSERT INTO notes (id, body, n) VALUES (?, ?, ?)", ("c", "lost", 3))
             raise RuntimeError("roll back")
@@ -121,7 +123,7 @@ async def test_run_executes_a_generator_transaction(database: Database) -> None:
     assert await database.run(add("a")) == ({"n": 11, "body": "it's 100%"}, 2, ["a", "a2"])
     with pytest.raises(RuntimeError, match="roll back"):
         await database.run(add("b", fail=True))
-    with pytest.raises(Exception):  # noqa: B017 - the driver's own error: a duplicate key
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.UniqueViolation)):  # the driver's own: a duplicate key
         await database.run(add("a"))
     rows = await database.fetch_all("SELECT id, n FROM notes ORDER BY id")
     assert rows == [{"id": "a", "n": 11}, {"id": "a2", "n": 2}]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -453,9 +454,10 @@ async def test_a_stale_socket_is_replaced_but_never_another_file(sockdir: Path) 
         assert (await exchange(stale, b"CONNECT 10.0.0.1:80 HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 403")
     precious = sockdir / "precious"
     precious.write_text("keep me")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as raised:
         async with proxy.serve(precious, name="probe"):
             pass
+    assert raised.value.errno == errno.EADDRINUSE  # bind refused the path: the file was not removed for it
     assert precious.read_text() == "keep me"
 
 

@@ -19,6 +19,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_hub.cli import main
+from mcp_hub.errors import RequestError
 from mcp_hub.hub import Hub
 from mcp_hub.registry import Registry
 from mcp_hub.server_json import import_server_json
@@ -249,7 +250,7 @@ def test_server_json_mapping() -> None:
         "registry_type": "pypi", "identifier": "weather-mcp", "version": "0.5.0", "runtime_hint": "uvx",
         "package_arguments": [{"type": "named", "name": "--units", "default": "metric"}]}]})
     assert pypi.body["version"]["package"]["arguments"] == ["--units", "metric"]
-    with pytest.raises(Exception, match="port"):
+    with pytest.raises(RequestError, match="port"):
         import_server_json(json.loads((SERVER_JSON / "remote.json").read_text()))  # {port} has no default
 
 

@@ -19,6 +19,7 @@ import httpx2
 import pytest
 
 from mcp_hub.credentials import Credential
+from mcp_hub.errors import SandboxUnavailable
 from mcp_hub.executor import ToolCall
 from mcp_hub.hub import Hub
 from mcp_hub.registry import Registry
@@ -247,13 +248,13 @@ async def test_missing_bubblewrap_is_a_coded_error(tmp_path: Path, registry: Reg
     async with asgi_client(settings, registry) as (_, hub):
         servers = hub.open_servers(SERVER)
         batch = await hub.execute([ToolCall(SERVER, "whoami", {})], servers)
-        assert batch.results[0].is_error
+        assert batch.results[0].is_error and batch.results[0].error_code == "sandbox_unavailable"
         errors = hub.open_servers(SERVER).errors or {}
         session = servers.sessions[SERVER]
-        with pytest.raises(Exception) as raised:
+        with pytest.raises(SandboxUnavailable) as raised:
             await session.client(5)
-        assert getattr(raised.value, "code", None) == "sandbox_unavailable"
-        assert "apt-get install bubblewrap" in raised.value.recommendation  # type: ignore[attr-defined]
+        assert raised.value.code == "sandbox_unavailable"
+        assert "apt-get install bubblewrap" in raised.value.recommendation
         assert not errors or all(e.code == "sandbox_unavailable" for e in errors.values())
 
 
